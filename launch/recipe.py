@@ -1,0 +1,265 @@
+"""The recipe: one pydantic model that says how to serve one checkpoint on one kind of machine.
+
+Every tool in this repository (launcher, evals, tests) reads recipes through `load_recipe`, which
+- reads YAML and follows `extends:` (a base file, relative to the recipe; a child's mapping is merged into
+  the base's key by key, and a child's `null` deletes the inherited key, e.g. to drop a server flag),
+- rejects unknown keys and wrong types, naming the file that supplied the offending key,
+- checks every `server_args` key against the pinned SGLang version's own option table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from launch.errors import LaunchError
+from launch.sglang_options import OptionTable, ServerArgError, option_table
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = "tiny-bf16"
+
+CheckpointFormat = Literal[
+    "bf16", "fp8", "quark-mxfp4-fse", "modelopt-nvfp4", "ct-mxfp4", "quark-w8a8-int8"
+]
+# Options the launcher derives from other recipe fields; a recipe may not set them in server_args.
+OWNED_OPTIONS = {
+    "model-path": "model.path",
+    "model": "model.path",
+    "served-model-name": "model.served_name",
+    "revision": "model.revision",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    path: str | None = Field(None, description="hub id (org/name) or local checkpoint directory")
+    fixture: CheckpointFormat | None = Field(
+        None, description="instead of path: a tiny random checkpoint this repository generates"
+    )
+    served_name: str
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.fixture is None):
+            raise ValueError("set exactly one of model.path (hub id or directory) and model.fixture")
+        return self
+
+
+class HardwareSpec(_Strict):
+    vendor: Literal["nvidia", "amd", "any"]
+    archs: list[str] = Field(
+        default_factory=list,
+        description="accepted GPU architectures (sm90, sm100, sm120, gfx942, gfx950, gfx1151, ...); empty: any",
+    )
+    gpu_names: list[str] = Field(default_factory=list, description="the GPUs it was validated on, for people")
+    gpu_count: int = Field(ge=1)
+    min_memory_gib: float = Field(0, ge=0, description="per GPU")
+
+
+class SGLangSpec(_Strict):
+    version: str
+    image: str | None = Field(None, description="container image the source validated with")
+
+
+class ExpectedResult(_Strict):
+    task: str = Field(description="e.g. gsm8k, mmlu_pro, wikitext2")
+    metric: str = Field(description="lm-eval metric key, e.g. 'exact_match,flexible-extract'")
+    value: float
+    tolerance: float = Field(ge=0, description="absolute, in the metric's unit")
+    higher_is_better: bool = True
+    num_fewshot: int | None = None
+    sampling: str = "greedy"
+    baseline: float | None = Field(None, description="the unquantized model's score in the same source")
+    source: str
+
+
+class EvalSettings(_Strict):
+    max_tokens: int = Field(2048, ge=1)
+    concurrency: int = Field(16, ge=1)
+    think: bool = False
+
+
+class Recipe(_Strict):
+    title: str
+    model: ModelSpec
+    checkpoint_format: CheckpointFormat
+    hardware: HardwareSpec
+    sglang: SGLangSpec
+    server_args: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    expected: list[ExpectedResult] = Field(default_factory=list)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    notes: str = ""
+
+    @property
+    def host(self) -> str:
+        return str(self.server_args.get("host", "127.0.0.1"))
+
+    @property
+    def port(self) -> int:
+        return int(self.server_args.get("port", 30000))
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    name: str
+    path: Path
+    recipe: Recipe
+    server_cli: list[str]
+    options: OptionTable
+
+
+def recipe_paths(directory: Path = RECIPES_DIR) -> dict[str, Path]:
+    """Servable recipes by name (file stem); bases live in subfolders and are not listed."""
+    return {p.stem: p for p in sorted(directory.glob("*.yaml"))}
+
+
+def resolve(name_or_path: str, directory: Path = RECIPES_DIR) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.exists():
+            raise LaunchError(f"recipe file {candidate} does not exist")
+        return candidate.resolve()
+    known = recipe_paths(directory)
+    if name_or_path not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name_or_path, known, n=3, cutoff=0.4)
+        raise LaunchError(
+            f"unknown recipe '{name_or_path}'",
+            hint=(f"did you mean {', '.join(close)}? " if close else "")
+            + "`python -m launch --list` shows all recipes",
+        )
+    return known[name_or_path]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise LaunchError(f"{where}: not valid YAML: {err.problem}", hint="fix the YAML syntax there")
+    except OSError as err:
+        raise LaunchError(f"cannot read recipe {path}: {err.strerror}")
+    if not isinstance(data, dict):
+        raise LaunchError(f"{path}: a recipe is a YAML mapping (key: value), not {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, child: dict, origin: dict, child_file: Path, prefix: tuple = ()) -> dict:
+    """Child over base, key by key; records in `origin` which file supplied each key path."""
+    merged = dict(base)
+    for key, value in child.items():
+        path = (*prefix, key)
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict):
+            inherited = merged.get(key)
+            merged[key] = _merge(inherited if isinstance(inherited, dict) else {}, value, origin, child_file, path)
+        else:
+            merged[key] = value
+        origin[path] = child_file
+    return merged
+
+
+def read_layers(path: Path, origin: dict | None = None, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe at `path` with its `extends:` chain merged in (base first)."""
+    origin = {} if origin is None else origin
+    if path in _chain:
+        raise LaunchError(f"{path}: `extends` loops back: {' -> '.join(map(str, (*_chain, path)))}")
+    data = _read_yaml(path)
+    base_ref = data.pop("extends", None)
+    base: dict[str, Any] = {}
+    if base_ref is not None:
+        if not isinstance(base_ref, str):
+            raise LaunchError(f"{path}: extends: must be a file name relative to {path.parent}")
+        base_path = (path.parent / base_ref).resolve()
+        if not base_path.exists():
+            raise LaunchError(f"{path}: extends: {base_ref} does not exist (looked for {base_path})")
+        base = read_layers(base_path, origin, (*_chain, path))
+    return _merge(base, data, origin, path)
+
+
+def _owner(origin: dict[tuple, Path | str], loc: tuple, default: Path) -> Path | str:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origin:
+            return origin[loc[:n]]
+    return default
+
+
+def _where(path: Path | str) -> str:
+    """A file relative to the working directory where possible, or an override's own text."""
+    if isinstance(path, str):
+        return path
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def validate(data: dict[str, Any], path: Path, origin: dict[tuple, Path | str] | None = None) -> Recipe:
+    origin = origin or {}
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for problem in err.errors():
+            loc = tuple(problem["loc"])
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            file = _where(_owner(origin, loc, path))
+            message = "unknown key (not part of the recipe schema)" if problem["type"] == "extra_forbidden" else problem["msg"]
+            lines.append(f"{file}: {key}: {message}")
+        raise LaunchError(
+            f"recipe {_where(path)} is invalid:\n  " + "\n  ".join(lines),
+            hint="see docs/recipes.md for every field",
+        )
+
+
+def check_server_args(recipe: Recipe, path: Path, origin: dict[tuple, Path | str] | None = None) -> tuple[list[str], OptionTable]:
+    origin = origin or {}
+    try:
+        table = option_table(recipe.sglang.version)
+    except FileNotFoundError as err:
+        raise LaunchError(f"{_where(path)}: sglang.version: {err}")
+    problems: list[str] = []
+    owned = [k for k in recipe.server_args if k in OWNED_OPTIONS]
+    for key in owned:
+        file = _where(_owner(origin, ("server_args", key), path))
+        problems.append(f"{file}: server_args.{key}: set by the recipe's {OWNED_OPTIONS[key]} instead")
+    try:
+        cli = table.to_cli({k: v for k, v in recipe.server_args.items() if k not in OWNED_OPTIONS})
+    except ExceptionGroup as group:
+        for err in group.exceptions:
+            assert isinstance(err, ServerArgError)
+            file = _where(_owner(origin, ("server_args", err.key), path))
+            problems.append(f"{file}: server_args.{err.key}: {err}")
+        cli = []
+    if problems:
+        raise LaunchError(
+            f"recipe {_where(path)} has server arguments SGLang {table.version} would reject:\n  "
+            + "\n  ".join(problems),
+            hint=f"option names are SGLang's own (`python -m sglang.launch_server --help`); checked against {table.source}",
+        )
+    return cli, table
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = (), directory: Path = RECIPES_DIR) -> LoadedRecipe:
+    """Read, merge, override (`--set KEY=VALUE`), and validate a recipe; LaunchError on any problem."""
+    from launch.overrides import apply_overrides
+
+    path = resolve(name_or_path, directory)
+    origin: dict[tuple, Path | str] = {}
+    data = read_layers(path, origin)
+    data = apply_overrides(data, overrides, origin)
+    recipe = validate(data, path, origin)
+    cli, table = check_server_args(recipe, path, origin)
+    return LoadedRecipe(name=path.stem, path=path, recipe=recipe, server_cli=cli, options=table)

@@ -1,0 +1,158 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from launch.errors import LaunchError
+from launch.recipe import load_recipe
+from launch.sglang_options import parse_with_sglang
+from tests.conftest import all_recipe_names
+
+REQUIRED = {
+    "qwen3.5-397b-mxfp4-fse-mi355x", "qwen3.5-397b-fp8-mi355x", "qwen3.5-397b-nvfp4-rtxpro6000-mtp",
+    "qwen3.5-397b-nvfp4-rtxpro6000", "qwen3.5-35b-mxfp4-h100", "qwen3.5-35b-mxfp4-mi355x",
+    "qwen3.6-35b-int8-mi355x", "qwen3.6-35b-int8-strixhalo", "qwen3.6-35b-int8-h100",
+    "qwen3.6-35b-bf16-mi355x", "qwen3.6-35b-bf16-strixhalo", "qwen3.6-35b-bf16-h100", "tiny-bf16",
+}
+
+
+def test_every_required_recipe_ships():
+    assert REQUIRED <= set(all_recipe_names())
+
+
+@pytest.mark.parametrize("name", all_recipe_names())
+def test_recipe_is_valid(name):
+    loaded = load_recipe(name)
+    assert loaded.recipe.title
+    assert loaded.recipe.sglang.version == "0.5.17"
+    for result in loaded.recipe.expected:
+        assert result.source
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang not installed: checked against the snapshot only")
+@pytest.mark.parametrize("name", all_recipe_names())
+def test_sglang_own_parser_accepts_recipe(name):
+    loaded = load_recipe(name)
+    parse_with_sglang(["--model-path", "m", *loaded.server_cli])
+
+
+def test_nvfp4_recipe_carries_the_card_flags():
+    cli = " ".join(load_recipe("qwen3.5-397b-nvfp4-rtxpro6000-mtp").server_cli)
+    for flag in ("--quantization modelopt_fp4", "--kv-cache-dtype fp8_e4m3", "--attention-backend triton",
+                 "--moe-runner-backend flashinfer_cutlass", "--fp4-gemm-backend flashinfer_cudnn",
+                 "--cuda-graph-max-bs-decode 10", "--max-running-requests 10", "--chunked-prefill-size 32768",
+                 "--speculative-algorithm NEXTN", "--speculative-num-steps 5", "--speculative-eagle-topk 1",
+                 "--speculative-num-draft-tokens 6", "--mamba-radix-cache-strategy extra_buffer",
+                 "--page-size 64", "--tp-size 4", "--ep-size 4", "--reasoning-parser qwen3",
+                 "--tool-call-parser qwen3_coder"):
+        assert flag in cli
+
+
+def test_variant_without_speculation_drops_only_the_speculative_flags():
+    with_mtp = load_recipe("qwen3.5-397b-nvfp4-rtxpro6000-mtp").recipe.server_args
+    without = load_recipe("qwen3.5-397b-nvfp4-rtxpro6000").recipe.server_args
+    dropped = set(with_mtp) - set(without)
+    assert dropped == {"speculative-algorithm", "speculative-num-steps", "speculative-eagle-topk",
+                       "speculative-num-draft-tokens"}
+    assert all(with_mtp[k] == without[k] for k in without)
+
+
+def test_hardware_variant_inherits_the_base():
+    h100 = load_recipe("qwen3.5-35b-mxfp4-h100").recipe
+    mi = load_recipe("qwen3.5-35b-mxfp4-mi355x").recipe
+    assert h100.model == mi.model and h100.expected == mi.expected
+    assert h100.hardware.archs == ["sm90"] and mi.env == {"SGLANG_USE_AITER": "1"}
+
+
+def _write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _error(name: str, directory: Path, overrides=()) -> str:
+    with pytest.raises(LaunchError) as caught:
+        load_recipe(name, list(overrides), directory=directory)
+    return str(caught.value)
+
+
+def test_unknown_key_names_file_and_key(recipes_dir):
+    path = recipes_dir / "tiny-bf16.yaml"
+    path.write_text(path.read_text() + "gpu_memory: 3\n")
+    message = _error("tiny-bf16", recipes_dir)
+    assert "tiny-bf16.yaml: gpu_memory: unknown key" in message
+
+
+def test_unknown_key_in_a_base_names_the_base(recipes_dir):
+    base = recipes_dir / "base" / "qwen3.5-397b-mi355x-tp4.yaml"
+    base.write_text(base.read_text().replace("  gpu_count: 4", "  gpu_count: 4\n  gpu_cuont: 4"))
+    message = _error("qwen3.5-397b-fp8-mi355x", recipes_dir)
+    assert "base/qwen3.5-397b-mi355x-tp4.yaml: hardware.gpu_cuont: unknown key" in message
+
+
+def test_bad_server_flag_in_a_base_names_the_base_and_suggests(recipes_dir):
+    base = recipes_dir / "base" / "qwen3.6-35b.yaml"
+    base.write_text(base.read_text().replace("mem-fraction-static", "mem-fraction-statik"))
+    message = _error("qwen3.6-35b-int8-h100", recipes_dir)
+    assert "base/qwen3.6-35b.yaml: server_args.mem-fraction-statik" in message
+    assert "did you mean 'mem-fraction-static'" in message
+
+
+def test_bad_yaml_names_line(recipes_dir):
+    _write(recipes_dir, "broken.yaml", "title: x\nmodel: [unclosed\n")
+    message = _error("broken", recipes_dir)
+    assert "broken.yaml:3" in message and "not valid YAML" in message
+
+
+def test_missing_field_and_wrong_type(recipes_dir):
+    _write(recipes_dir, "partial.yaml", "extends: tiny-bf16.yaml\nhardware: {vendor: nvidia, gpu_count: two}\n")
+    message = _error("partial", recipes_dir)
+    assert "partial.yaml: hardware.gpu_count" in message and "integer" in message
+
+
+def test_model_needs_exactly_one_source(recipes_dir):
+    _write(recipes_dir, "both.yaml", "extends: tiny-bf16.yaml\nmodel: {path: org/x}\n")
+    assert "exactly one of model.path" in _error("both", recipes_dir)
+
+
+def test_extends_loop_is_reported(recipes_dir):
+    _write(recipes_dir, "a.yaml", "extends: b.yaml\n")
+    _write(recipes_dir, "b.yaml", "extends: a.yaml\n")
+    assert "loops back" in _error("a", recipes_dir)
+
+
+def test_missing_base_is_reported(recipes_dir):
+    _write(recipes_dir, "orphan.yaml", "extends: base/nope.yaml\n")
+    assert "extends: base/nope.yaml does not exist" in _error("orphan", recipes_dir)
+
+
+def test_model_path_in_server_args_points_to_the_model_field(recipes_dir):
+    assert "set by the recipe's model.path" in _error("tiny-bf16", recipes_dir, ["model-path=/x"])
+
+
+def test_unknown_recipe_suggests_close_names():
+    with pytest.raises(LaunchError) as caught:
+        load_recipe("tiny-bf61")
+    assert "did you mean tiny-bf16" in str(caught.value)
+
+
+def test_overrides_are_typed_and_reach_server_args_and_fields():
+    loaded = load_recipe("tiny-bf16", ["tp-size=2", "model.served_name=foo", "eval.max_tokens=64",
+                                        "server_args.mem-fraction-static=0.5", "grammar-backend=null"])
+    assert loaded.recipe.server_args["tp-size"] == 2
+    assert loaded.recipe.model.served_name == "foo" and loaded.recipe.eval.max_tokens == 64
+    assert loaded.server_cli[loaded.server_cli.index("--mem-fraction-static") + 1] == "0.5"
+    assert "--grammar-backend" not in loaded.server_cli
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tp-size=two", "--set tp-size=two: server_args.tp-size"),
+    ("eval.max_tokens=lots", "--set eval.max_tokens=lots: eval.max_tokens"),
+    ("hardware.vendor=intel", "--set hardware.vendor=intel: hardware.vendor"),
+    ("tp-size", "expected KEY=VALUE"),
+])
+def test_bad_override_names_the_override(override, message):
+    with pytest.raises(LaunchError) as caught:
+        load_recipe("tiny-bf16", [override])
+    assert message in str(caught.value)
