@@ -110,7 +110,7 @@ def detect() -> Machine:
 def misfits(spec: HardwareSpec, machine: Machine) -> list[str]:
     """Why `machine` cannot serve a recipe needing `spec` (empty: it fits)."""
     if not machine.gpus:
-        return ["no GPU found on this machine"]
+        return ["no GPU found"]
     usable = [g for g in machine.gpus if spec.vendor in ("any", g.vendor)]
     if not usable:
         return [f"needs {spec.vendor.upper()} GPUs, this machine has {machine.gpus[0].vendor.upper()}"]

@@ -157,9 +157,6 @@ def _raise_interrupt(signum, _frame):
 def running(server: ServerPlan, timeout_s: float) -> Iterator[subprocess.Popen]:
     """Start the server, yield once `/health` answers, and stop the whole process group on exit."""
     server.log_path.parent.mkdir(parents=True, exist_ok=True)
-    (server.log_path.parent / "launch.json").write_text(
-        json.dumps({"command": server.command, "env": server.env, "base_url": server.base_url}, indent=2)
-    )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     with server.log_path.open("ab", buffering=0) as log:
         try:
@@ -174,6 +171,10 @@ def running(server: ServerPlan, timeout_s: float) -> Iterator[subprocess.Popen]:
         except OSError as err:
             signal.signal(signal.SIGTERM, previous)
             raise LaunchError(f"cannot start {server.command[0]}: {err.strerror}")
+        # For tools that attach to this server later (evals) and for post-mortems.
+        (server.log_path.parent / "launch.json").write_text(json.dumps(
+            {"pid": process.pid, "base_url": server.base_url, "command": server.command, "env": server.env}, indent=2
+        ))
         try:
             _wait_healthy(process, server, timeout_s)
             yield process

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run the GPU tests on a bare GPU machine with no package index: unpack the offline SGLang bundle parts
+# (built by shared/tools/gpu-bundle/build.sh into .gpu/bundle) found here, then run `pytest -m gpu`.
+# The parts may arrive in separate calls (a call carries at most 64 MiB): run this once per part; tests
+# start once both parts are installed.  Logs go to $OUT (or ./runs) so nothing is lost.
+set -uo pipefail
+PREFIX=${SGL_PREFIX:-/opt/sgl}
+LOGS=${OUT:-runs}
+mkdir -p "$PREFIX" "$LOGS"
+for part in .gpu/*/part-*.tar.xz; do
+  [ -e "$part" ] || continue
+  name=$(basename "$part" .tar.xz)
+  [ -e "$PREFIX/.$name.done" ] && continue
+  tar -xJf "$part" -C "$PREFIX" && touch "$PREFIX/.$name.done" && echo "installed $name into $PREFIX"
+done
+if [ ! -e "$PREFIX/.part-a.done" ] || [ ! -e "$PREFIX/.part-b.done" ]; then
+  echo "bundle incomplete in $PREFIX (have: $(ls -A "$PREFIX" | grep '^\.part' | tr '\n' ' ')); run again with the other part"
+  exit 0
+fi
+export PYTHONPATH="$PREFIX${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/gpu.txt"
+python3 -m pytest -m gpu tests/gpu -v -s -p no:cacheprovider "$@" 2>&1 | tee "$LOGS/gpu-tests.log"
+exit "${PIPESTATUS[0]}"

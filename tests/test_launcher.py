@@ -1,0 +1,167 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launch import __main__ as cli
+from launch import hardware, server
+from launch.errors import LaunchError
+from launch.hardware import Machine, parse_nvidia_smi
+from launch.recipe import load_recipe
+from tests.conftest import REPO, all_recipe_names
+
+H100 = Machine(parse_nvidia_smi("NVIDIA H100 80GB HBM3, 81559, 9.0"), "nvidia-smi", "0.5.17")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_list_shows_every_recipe():
+    done = run_cli("--list")
+    assert done.returncode == 0, done.stderr
+    squashed = "".join(done.stdout.split())
+    for name in all_recipe_names():
+        assert "".join(name.split()) in squashed or name[:10] in done.stdout
+
+
+@pytest.mark.parametrize("name", all_recipe_names())
+def test_dry_run_prints_the_exact_command(name):
+    done = run_cli(name, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    loaded = load_recipe(name)
+    command = " ".join(done.stdout.replace("\\\n", " ").split())
+    assert "-m sglang.launch_server --model-path" in command
+    assert f"--served-model-name {loaded.recipe.model.served_name}" in command
+    assert "export SGLANG_EXTERNAL_MODEL_PACKAGE=sglang_ext.models" in done.stdout
+    for key, value in loaded.recipe.env.items():
+        assert f"export {key}={value}" in done.stdout
+    for token in loaded.server_cli:
+        assert token in command
+
+
+def test_set_reaches_the_command():
+    done = run_cli("tiny-bf16", "--dry-run", "--set", "port=31234", "--set", "mem-fraction-static=0.5")
+    assert done.returncode == 0, done.stderr
+    assert "--port 31234" in done.stdout and "--mem-fraction-static 0.5" in done.stdout
+
+
+def test_errors_are_one_message_without_traceback():
+    done = run_cli("no-such-recipe")
+    assert done.returncode == 1
+    assert "unknown recipe 'no-such-recipe'" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("tiny-bf16", "--dry-run", "--set", "attention-backend=flash")
+    assert done.returncode == 1 and "must be one of" in done.stderr and "Traceback" not in done.stderr
+
+
+def _args(*argv: str):
+    return cli._parser().parse_args(list(argv))
+
+
+def test_wrong_hardware_refuses(monkeypatch):
+    monkeypatch.setattr(hardware, "detect", lambda: H100)
+    with pytest.raises(LaunchError, match="does not fit this machine: needs AMD GPUs"):
+        cli.launch(_args("qwen3.5-397b-mxfp4-fse-mi355x"))
+
+
+def test_sglang_missing_or_wrong_version_refuses(monkeypatch):
+    monkeypatch.setattr(cli, "_model_path", lambda loaded, materialize: "/models/x")
+    monkeypatch.setattr(hardware, "detect", lambda: Machine(H100.gpus, "nvidia-smi", None))
+    with pytest.raises(LaunchError, match="SGLang is not installed"):
+        cli.launch(_args("qwen3.6-35b-int8-h100"))
+    monkeypatch.setattr(hardware, "detect", lambda: Machine(H100.gpus, "nvidia-smi", "0.5.23"))
+    with pytest.raises(LaunchError, match="pinned to SGLang 0.5.17; this environment has 0.5.23"):
+        cli.launch(_args("qwen3.6-35b-int8-h100"))
+
+
+def test_port_in_use_refuses():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 is already in use"):
+            server.check_port_free("127.0.0.1", port)
+
+
+def _plan(tmp_path: Path, command: list[str], port: int) -> server.ServerPlan:
+    return server.ServerPlan(command, {}, f"http://127.0.0.1:{port}", tmp_path / "run" / "server.log")
+
+
+def test_server_dying_during_start_shows_its_last_log_lines(tmp_path):
+    script = "import sys; print('loading'); print('RuntimeError: CUDA out of memory', flush=True); sys.exit(3)"
+    plan = _plan(tmp_path, [sys.executable, "-c", script], free_port())
+    with pytest.raises(LaunchError) as caught:
+        with server.running(plan, timeout_s=30):
+            pass
+    assert "exited with code 3" in str(caught.value) and "CUDA out of memory" in str(caught.value)
+    assert plan.log_path.read_text().startswith("loading")
+
+
+def test_start_timeout_stops_the_server(tmp_path):
+    plan = _plan(tmp_path, [sys.executable, "-c", "import time; time.sleep(600)"], free_port())
+    with pytest.raises(LaunchError, match="did not answer"):
+        with server.running(plan, timeout_s=2):
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+def _wait_dead(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_leaving_the_context_stops_the_whole_process_group(tmp_path):
+    port, pidfile = free_port(), tmp_path / "pids"
+    plan = _plan(tmp_path, [sys.executable, str(REPO / "tests" / "health_stub.py"), str(port), str(pidfile)], port)
+    with server.running(plan, timeout_s=30) as process:
+        grandchild = int(pidfile.read_text())
+        assert _alive(grandchild)
+    assert process.poll() is not None
+    assert _wait_dead(grandchild)
+
+
+def test_sigterm_to_the_launcher_stops_the_server_tree(tmp_path):
+    port, pidfile = free_port(), tmp_path / "pids"
+    program = f"""
+import sys, time
+from pathlib import Path
+from launch import server
+plan = server.ServerPlan([sys.executable, {str(REPO / 'tests' / 'health_stub.py')!r}, '{port}', {str(pidfile)!r}],
+                         {{}}, 'http://127.0.0.1:{port}', Path({str(tmp_path / 'log' / 'server.log')!r}))
+try:
+    with server.running(plan, timeout_s=30):
+        print('ready', flush=True)
+        time.sleep(600)
+except KeyboardInterrupt:
+    print('stopped', flush=True)
+"""
+    launcher = subprocess.Popen([sys.executable, "-c", program], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout.readline().strip() == "ready"
+    grandchild = int(pidfile.read_text())
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.stdout.readline().strip() == "stopped"
+    launcher.wait(timeout=30)
+    assert _wait_dead(grandchild)
