@@ -156,3 +156,10 @@ def test_bad_override_names_the_override(override, message):
     with pytest.raises(LaunchError) as caught:
         load_recipe("tiny-bf16", [override])
     assert message in str(caught.value)
+
+
+def test_readme_lists_every_recipe():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in all_recipe_names():
+        family = name.rsplit("-", 1)[0]
+        assert f"`{name}`" in readme or f"`{family}-{{" in readme, name
