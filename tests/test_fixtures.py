@@ -1,0 +1,206 @@
+"""The tiny random Qwen3.5-MoE fixtures: determinism, caching, layout, and loading with transformers."""
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen3_5MoeForConditionalGeneration
+
+from sglang_ext import fixtures
+from sglang_ext.fixtures import FORMATS, STAMP_FILE, ensure_fixture, write_fixture
+from sglang_ext.fixtures.__main__ import main as cli_main
+from sglang_ext.fixtures.model_config import TOKENIZER_DIR
+from sglang_ext.fixtures.train_tokenizer import DEFAULT_DATA, write_tokenizer
+
+# The first question of GSM8K's train split (MIT licence).
+GSM8K_QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
+
+
+@pytest.fixture(scope="module")
+def bf16_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fixture(tmp_path_factory.mktemp("bf16"), "bf16", seed=0)
+
+
+def safetensors_header(path: Path) -> dict[str, dict]:
+    with path.open("rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_same_seed_writes_identical_files_and_another_seed_other_weights(bf16_dir: Path, tmp_path: Path) -> None:
+    again = write_fixture(tmp_path / "again", "bf16", seed=0)
+    for path in bf16_dir.iterdir():
+        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+
+    other = write_fixture(tmp_path / "other", "bf16", seed=1)
+    assert (other / "model.safetensors").read_bytes() != (bf16_dir / "model.safetensors").read_bytes()
+    assert (other / "config.json").read_bytes() == (bf16_dir / "config.json").read_bytes()
+
+
+def test_unknown_format_is_refused_naming_the_valid_ones(tmp_path: Path) -> None:
+    assert FORMATS == ("bf16",)
+    with pytest.raises(ValueError, match=r"'int3'.*valid formats: bf16"):
+        write_fixture(tmp_path / "x", "int3")
+    with pytest.raises(ValueError, match="valid formats: bf16"):
+        ensure_fixture("int3", root=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_ensure_fixture_is_idempotent(tmp_path: Path) -> None:
+    first = ensure_fixture("bf16", seed=3, root=tmp_path)
+    assert first == tmp_path / "bf16-seed3"
+    weights_mtime = (first / "model.safetensors").stat().st_mtime_ns
+
+    assert ensure_fixture("bf16", seed=3, root=tmp_path) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == weights_mtime
+    assert [path.name for path in tmp_path.iterdir()] == ["bf16-seed3"]  # no staging leftovers
+
+
+def test_ensure_fixture_regenerates_on_a_stale_stamp(tmp_path: Path) -> None:
+    target = ensure_fixture("bf16", seed=0, root=tmp_path)
+    stamp = read_json(target / STAMP_FILE)
+    (target / STAMP_FILE).write_text(json.dumps({**stamp, "generator_version": stamp["generator_version"] - 1}))
+    (target / "model.safetensors").write_bytes(b"truncated")
+
+    assert ensure_fixture("bf16", seed=0, root=tmp_path) == target
+    assert read_json(target / STAMP_FILE) == stamp
+    assert safetensors_header(target / "model.safetensors")
+
+
+def test_ensure_fixture_leaves_nothing_behind_when_writing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(outdir: Path, config: dict, seed: int) -> dict:
+        (outdir / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(fixtures.WRITERS, "bf16", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ensure_fixture("bf16", seed=0, root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_cache_root_follows_sglang_ext_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SGLANG_EXT_CACHE", str(tmp_path))
+    assert fixtures.default_root() == tmp_path / "fixtures"
+
+
+def test_tensor_layout_is_the_published_one(bf16_dir: Path) -> None:
+    header = safetensors_header(bf16_dir / "model.safetensors")
+    text = read_json(bf16_dir / "config.json")["text_config"]
+    experts, hidden, inter = text["num_experts"], text["hidden_size"], text["moe_intermediate_size"]
+
+    # Main layers: fused 3-D experts. MTP: one tensor per expert and projection.
+    assert header["model.language_model.layers.0.mlp.experts.gate_up_proj"]["shape"] == [experts, 2 * inter, hidden]
+    assert header["model.language_model.layers.3.mlp.experts.down_proj"]["shape"] == [experts, hidden, inter]
+    assert not any(".mlp.experts.0." in name for name in header if name.startswith("model."))
+    assert header[f"mtp.layers.0.mlp.experts.{experts - 1}.down_proj.weight"]["shape"] == [hidden, inter]
+    mtp_dense = {"fc.weight", "pre_fc_norm_embedding.weight", "pre_fc_norm_hidden.weight", "norm.weight",
+                 "layers.0.self_attn.q_proj.weight", "layers.0.mlp.shared_expert_gate.weight"}  # fmt: skip
+    assert {f"mtp.{name}" for name in mtp_dense} <= header.keys()
+    assert "lm_head.weight" in header and "model.visual.merger.linear_fc2.weight" in header
+
+    dtypes = {name: entry["dtype"] for name, entry in header.items()}
+    assert dtypes["model.language_model.layers.0.linear_attn.A_log"] == "F32"
+    assert dtypes["model.language_model.layers.0.linear_attn.norm.weight"] == "F32"
+    assert {dtype for name, dtype in dtypes.items() if not name.endswith(("A_log", "linear_attn.norm.weight"))} == {
+        "BF16"
+    }
+    assert (bf16_dir / "model.safetensors.index.json").exists() is False
+
+
+def test_transformers_loads_the_checkpoint_and_gives_spread_logits(bf16_dir: Path) -> None:
+    model, info = AutoModelForImageTextToText.from_pretrained(bf16_dir, output_loading_info=True)
+    assert isinstance(model, Qwen3_5MoeForConditionalGeneration)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+
+    tokenizer = AutoTokenizer.from_pretrained(bf16_dir)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": GSM8K_QUESTION}],
+        add_generation_prompt=True,
+        enable_thinking=False,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        logits = model(**prompt).logits.float()
+
+    tokens = prompt["input_ids"].shape[1]
+    assert logits.shape == (1, tokens, model.config.text_config.vocab_size)
+    assert torch.isfinite(logits).all()
+    assert logits.std(dim=-1).min() > 0.3  # every position has a spread-out distribution
+    assert logits[0].argmax(dim=-1).unique().numel() > 1  # and the positions differ
+
+
+def test_tokenizer_round_trips_a_gsm8k_question(bf16_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(bf16_dir)
+    ids = tokenizer(GSM8K_QUESTION)["input_ids"]
+    assert tokenizer.decode(ids) == GSM8K_QUESTION
+    assert len(ids) < len(GSM8K_QUESTION) / 2.5  # learned merges, not bytes
+    assert 2000 <= len(tokenizer) <= 4000
+
+
+def test_chat_template_handles_thinking(bf16_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(bf16_dir)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": GSM8K_QUESTION}]
+
+    off = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    on = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert off.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+    assert off.endswith(f"{GSM8K_QUESTION}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert on.endswith("<|im_start|>assistant\n<think>\n")
+    assert tokenizer.apply_chat_template(messages, tokenize=False).endswith("<|im_end|>\n")
+
+
+def test_chat_template_source_is_the_one_in_tokenizer_config() -> None:
+    template = (TOKENIZER_DIR / "chat_template.jinja").read_text(encoding="utf-8")
+    assert read_json(TOKENIZER_DIR / "tokenizer_config.json")["chat_template"] == template
+
+
+def test_config_token_ids_match_the_tokenizer(bf16_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(bf16_dir)
+    config = read_json(bf16_dir / "config.json")
+    generation = read_json(bf16_dir / "generation_config.json")
+    token_id = tokenizer.convert_tokens_to_ids
+
+    assert config["image_token_id"] == token_id("<|image_pad|>")
+    assert config["video_token_id"] == token_id("<|video_pad|>")
+    assert config["vision_start_token_id"] == token_id("<|vision_start|>")
+    assert config["vision_end_token_id"] == token_id("<|vision_end|>")
+    assert config["text_config"]["eos_token_id"] == token_id("<|endoftext|>")
+    assert generation["eos_token_id"] == [token_id("<|im_end|>"), token_id("<|endoftext|>")]
+    assert tokenizer.eos_token_id == token_id("<|im_end|>")
+    vocab_size = config["text_config"]["vocab_size"]
+    assert len(tokenizer) <= vocab_size < len(tokenizer) + 64 and vocab_size % 64 == 0
+
+
+def test_shipped_tokenizer_is_small_and_reproducible(tmp_path: Path) -> None:
+    shipped = [TOKENIZER_DIR / "tokenizer.json", TOKENIZER_DIR / "tokenizer_config.json"]
+    assert sum(path.stat().st_size for path in shipped) < 300_000
+    if not DEFAULT_DATA.exists():
+        pytest.skip(f"GSM8K train split not at {DEFAULT_DATA}")
+    for path in write_tokenizer(DEFAULT_DATA, tmp_path):
+        assert path.read_bytes() == (TOKENIZER_DIR / path.name).read_bytes(), path.name
+
+
+def test_cli_writes_and_lists_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.argv", ["python -m sglang_ext.fixtures", str(tmp_path / "out"), "--seed", "2"])
+    cli_main()
+    printed = capsys.readouterr().out
+    assert "model.safetensors" in printed and "config.json" in printed
+    total = sum(path.stat().st_size for path in (tmp_path / "out").iterdir())
+    assert f"{total:,} bytes" in printed
+    assert read_json(tmp_path / "out" / STAMP_FILE)["seed"] == 2
