@@ -19,8 +19,9 @@ from launch import hardware, server
 from launch.errors import LaunchError
 from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
 
-out = Console()
-err = Console(stderr=True)
+# Off a terminal (logs, CI, pipes) rich would wrap tables at 80 columns; recipe names need more.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +59,10 @@ def list_recipes(machine: hardware.Machine) -> int:
         hw = r.hardware
         where = f"{hw.gpu_count}× {'/'.join(hw.gpu_names) or hw.vendor} {'/'.join(hw.archs)}".strip()
         reasons = hardware.misfits(hw, machine)
+        try:
+            _check_sglang(loaded, machine)
+        except LaunchError as problem:
+            reasons.append(problem.args[0])
         fits = "[green]yes[/]" if not reasons else f"[yellow]no:[/] {'; '.join(reasons)}"
         table.add_row(name, r.model.path or f"tiny fixture ({r.model.fixture})", r.checkpoint_format, where, _expected(loaded), fits)
     out.print(table)
