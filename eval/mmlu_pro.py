@@ -1,0 +1,35 @@
+"""MMLU-Pro as card 001 reports it: lm-eval's stock `mmlu_pro` group (5-shot chain of thought, the answer
+letter read by its custom-extract filter), through the same chat-completions path as GSM8K."""
+
+from __future__ import annotations
+
+import argparse
+
+from eval import harness, results, server
+from eval.server import Target
+
+TASK = "mmlu_pro"
+
+
+def main(args: argparse.Namespace, target: Target) -> int:
+    s = harness.settings(args, target)
+    server.check(target)
+    lm_results, journal = harness.run(TASK, target, s, args.output)
+    metrics = harness.task_metrics(lm_results, TASK)
+    verdict = results.judge(target.recipe, TASK, metrics)
+    run_config = {
+        "recipe": target.recipe.name if target.recipe else None,
+        "base_url": target.base_url,
+        "model": target.model,
+        "task": f"{TASK} (lm-eval stock, hub dataset TIGER-Lab/MMLU-Pro)",
+        "apply_chat_template": True,
+        "fewshot_as_multiturn": True,
+        "temperature": 0,
+        "top_p": 1,
+        **s.as_dict(),
+        "answers_reused_from_journal": journal.reused,
+        "lm_eval_version": lm_results.get("lm_eval_version"),
+    }
+    title = f"MMLU-Pro — {run_config['recipe'] or target.base_url}"
+    results.write(args.output, title, run_config, metrics, verdict, {"samples": harness.sample_records(lm_results, journal)})
+    return verdict.exit_code

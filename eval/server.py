@@ -1,0 +1,81 @@
+"""Which server an evaluation talks to, and a check that it is there and serves the expected model.
+
+Defaults come from the recipe, so `python -m eval gsm8k --recipe R` reaches the server that
+`python -m launch R` started; `--base-url` and `--model` point it anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from launch.errors import LaunchError
+from launch.recipe import LoadedRecipe, load_recipe
+
+
+@dataclass(frozen=True)
+class Target:
+    base_url: str  # scheme://host:port, no trailing slash, no /v1
+    model: str  # the served model name
+    recipe: LoadedRecipe | None
+
+    @property
+    def launch_hint(self) -> str:
+        name = self.recipe.name if self.recipe else "RECIPE"
+        return f"start it with `python -m launch {name}`, or pass --base-url to a running server"
+
+
+def resolve(recipe: str | None, base_url: str | None = None, model: str | None = None, *, ask_server: bool = False) -> Target:
+    """The server and model to use; with ask_server, a missing model name is the server's first one."""
+    loaded = load_recipe(recipe) if recipe else None
+    if base_url is None and loaded is None:
+        raise LaunchError("no server given", hint="pass --recipe RECIPE or --base-url URL")
+    url = (base_url or f"http://{loaded.recipe.host}:{loaded.recipe.port}").rstrip("/").removesuffix("/v1")
+    if model is None and loaded is not None:
+        model = loaded.recipe.model.served_name
+    if model is None and ask_server:
+        model = served_models(Target(url, "", None))[0]
+    if model is None:
+        raise LaunchError("no model name given", hint="pass --recipe RECIPE or --model NAME")
+    return Target(url, model, loaded)
+
+
+def get_json(url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+    """GET (or POST `body`) and decode JSON; every failure becomes a LaunchError that names the URL."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")[:300]
+        raise LaunchError(f"{url} answered HTTP {err.code}: {detail}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        reason = getattr(err, "reason", err)
+        raise LaunchError(f"cannot reach {url}: {reason}") from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise LaunchError(f"{url} answered with something that is not JSON: {raw[:200]!r}") from None
+
+
+def served_models(target: Target) -> list[str]:
+    url = f"{target.base_url}/v1/models"
+    try:
+        listing = get_json(url, timeout=10)
+    except LaunchError as err:
+        raise LaunchError(f"no OpenAI-compatible server at {target.base_url} ({err})", hint=target.launch_hint) from None
+    return [m.get("id", "?") for m in listing.get("data", [])]
+
+
+def check(target: Target) -> None:
+    """Fail early, with the fix, when the server is down or serves another model."""
+    models = served_models(target)
+    if target.model not in models:
+        raise LaunchError(
+            f"{target.base_url} serves {', '.join(models) or 'no models'}, not '{target.model}'",
+            hint="pass --model with one of those names, or start the right recipe",
+        )

@@ -1,0 +1,210 @@
+"""Serving throughput over a concurrency sweep with SGLang's own benchmark (`python -m sglang.bench_serving`),
+for the two shapes of card 003, optionally against a baseline recipe's server measured in the same run.
+
+Each (shape, concurrency) point runs bench_serving once per server, quantized then baseline, so slow drift
+of the machine touches both alike. bench_serving appends one JSON record per run to --output-file; we read
+request_throughput and output_throughput (output tokens/s) from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from eval import server
+from eval.results import console
+from eval.server import Target
+from launch.errors import LaunchError
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    input_len: int
+    output_len: int
+
+
+# Card 003's shapes. Every request has exactly these lengths (--random-range-ratio 1) and runs to its
+# output length (bench_serving ignores EOS unless --disable-ignore-eos, which we never pass).
+SHAPES = (Shape("in4000-out200", 4000, 200), Shape("in512-out128", 512, 128))
+PROMPTS_PER_CONCURRENCY = 3
+
+
+@dataclass(frozen=True)
+class Point:
+    server: str  # "quantized" or "baseline"
+    shape: str
+    concurrency: int
+    request_throughput: float  # requests/s
+    output_throughput: float  # output tokens/s
+    median_ttft_ms: float | None
+    median_tpot_ms: float | None
+    completed: int
+
+
+Runner = Callable[[list[str]], int]
+
+
+def tokenizer_for(target: Target) -> str | None:
+    """A local tokenizer for bench_serving; None lets bench_serving ask the server (/model_info)."""
+    if target.recipe is None:
+        return None
+    model = target.recipe.recipe.model
+    if model.fixture:
+        from sglang_ext.fixtures import ensure_fixture
+
+        return str(ensure_fixture(model.fixture))
+    return model.path if model.path and Path(model.path).is_dir() else None
+
+
+def bench_command(target: Target, shape: Shape, concurrency: int, output_file: Path, args: argparse.Namespace) -> list[str]:
+    command = [
+        sys.executable, "-m", "sglang.bench_serving",
+        "--backend", args.backend,
+        "--base-url", target.base_url,
+        "--model", target.model,
+        "--served-model-name", target.model,
+        "--dataset-name", args.dataset,
+        "--random-input-len", str(shape.input_len),
+        "--random-output-len", str(shape.output_len),
+        "--random-range-ratio", "1.0",
+        "--num-prompts", str(PROMPTS_PER_CONCURRENCY * concurrency),
+        "--max-concurrency", str(concurrency),
+        "--request-rate", "inf",
+        "--seed", str(args.seed),
+        "--output-file", str(output_file),
+    ]  # fmt: skip
+    tokenizer = args.tokenizer or tokenizer_for(target)
+    if tokenizer:
+        command += ["--tokenizer", tokenizer]
+    if args.dataset_path:
+        command += ["--dataset-path", str(args.dataset_path)]
+    return command
+
+
+def read_point(path: Path, server_label: str, shape: str, concurrency: int) -> Point:
+    """The last record bench_serving appended to its --output-file."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines:
+        raise LaunchError(f"bench_serving wrote no result to {path}", hint="its output above says why")
+    record: dict[str, Any] = json.loads(lines[-1])
+    return Point(
+        server_label,
+        shape,
+        concurrency,
+        record["request_throughput"],
+        record["output_throughput"],
+        record.get("median_ttft_ms"),
+        record.get("median_tpot_ms"),
+        record["completed"],
+    )
+
+
+def ratios(points: list[Point]) -> dict[tuple[str, int], dict[str, float]]:
+    """quantized/baseline per (shape, concurrency), where both were measured."""
+    by_key = {(p.server, p.shape, p.concurrency): p for p in points}
+    out = {}
+    for p in points:
+        base = by_key.get(("baseline", p.shape, p.concurrency))
+        if p.server == "quantized" and base:
+            out[(p.shape, p.concurrency)] = {
+                "request_throughput": p.request_throughput / base.request_throughput,
+                "output_throughput": p.output_throughput / base.output_throughput,
+            }
+    return out
+
+
+def shape_table(shape: str, points: list[Point], labels: dict[str, str]) -> Table:
+    rows = [p for p in points if p.shape == shape]
+    quotients = ratios(rows)
+    table = Table(title=f"{shape}: throughput by concurrency", title_justify="left")
+    table.add_column("concurrency", justify="right")
+    for server_label in labels:
+        table.add_column(f"{labels[server_label]} req/s", justify="right")
+        table.add_column(f"{labels[server_label]} out tok/s", justify="right")
+    if quotients:
+        table.add_column("ratio req/s", justify="right")
+        table.add_column("ratio out tok/s", justify="right")
+    for c in sorted({p.concurrency for p in rows}):
+        cells = [str(c)]
+        for server_label in labels:
+            p = next((p for p in rows if p.server == server_label and p.concurrency == c), None)
+            cells += [f"{p.request_throughput:.2f}", f"{p.output_throughput:.1f}"] if p else ["-", "-"]
+        if quotients:
+            q = quotients.get((shape, c))
+            cells += [f"{q['request_throughput']:.3f}", f"{q['output_throughput']:.3f}"] if q else ["-", "-"]
+        table.add_row(*cells)
+    return table
+
+
+def plot(shape: str, points: list[Point], labels: dict[str, str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tok, ax_req) = plt.subplots(1, 2, figsize=(11, 4))
+    for server_label, label in labels.items():
+        rows = sorted((p for p in points if p.shape == shape and p.server == server_label), key=lambda p: p.concurrency)
+        concurrency = [p.concurrency for p in rows]
+        ax_tok.plot(concurrency, [p.output_throughput for p in rows], marker="o", label=label)
+        ax_req.plot(concurrency, [p.request_throughput for p in rows], marker="o", label=label)
+    for ax, ylabel in ((ax_tok, "output tokens/s"), (ax_req, "requests/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(shape)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_subprocess(command: list[str]) -> int:
+    return subprocess.run(command).returncode
+
+
+def main(args: argparse.Namespace, target: Target, runner: Runner = run_subprocess) -> int:
+    targets = {"quantized": target}
+    if args.baseline_recipe or args.baseline_base_url:
+        targets["baseline"] = server.resolve(args.baseline_recipe, args.baseline_base_url, args.baseline_model)
+    labels = {k: (t.recipe.name if t.recipe else t.base_url) for k, t in targets.items()}
+    if len({t.base_url for t in targets.values()}) < len(targets):
+        raise LaunchError("the baseline is the same server as the one measured", hint="start the baseline on another port (`--set port=30001`)")
+    for t in targets.values():
+        server.check(t)
+    out_dir: Path = args.output
+    points: list[Point] = []
+    for shape in SHAPES:
+        (out_dir / shape.name).mkdir(parents=True, exist_ok=True)
+        for c in args.concurrency:
+            for server_label, t in targets.items():
+                output_file = out_dir / shape.name / f"{server_label}-c{c}.jsonl"
+                command = bench_command(t, shape, c, output_file, args)
+                console.print(f"[bold]{shape.name} c={c} {labels[server_label]}[/]: {' '.join(command)}")
+                if runner(command) != 0:
+                    raise LaunchError(f"bench_serving failed for {labels[server_label]} at {shape.name} c={c}",
+                                      hint="its output above says why; points measured so far are in " + str(out_dir))
+                points.append(read_point(output_file, server_label, shape.name, c))
+    document = {
+        "servers": {k: {"label": labels[k], "base_url": t.base_url, "model": t.model} for k, t in targets.items()},
+        "shapes": [asdict(s) for s in SHAPES],
+        "prompts_per_concurrency": PROMPTS_PER_CONCURRENCY,
+        "points": [asdict(p) for p in points],
+        "ratios": [{"shape": s, "concurrency": c, **r} for (s, c), r in ratios(points).items()],
+    }
+    (out_dir / "speed.json").write_text(json.dumps(document, indent=2) + "\n")
+    for shape in SHAPES:
+        console.print(shape_table(shape.name, points, labels))
+        plot(shape.name, points, labels, out_dir / f"{shape.name}.png")
+    console.print(f"results: {out_dir / 'speed.json'} and one PNG per shape in {out_dir}")
+    return 0
