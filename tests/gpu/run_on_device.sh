@@ -13,11 +13,17 @@ for part in .gpu/*/part-*.tar.xz; do
   [ -e "$PREFIX/.$name.done" ] && continue
   tar -xJf "$part" -C "$PREFIX" && touch "$PREFIX/.$name.done" && echo "installed $name into $PREFIX"
 done
+# Extra wheels (e.g. lm-eval's, eval/gpu-wheels.txt) carried in .gpu/w*/ go to $PREFIX/extra.
+for wheel in .gpu/w*/*.whl; do
+  [ -e "$wheel" ] || continue
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$PREFIX/extra" "$wheel" && echo "installed $(basename "$wheel")"
+done
+[ -n "${INSTALL_ONLY:-}" ] && exit 0
 if [ ! -e "$PREFIX/.part-a.done" ] || [ ! -e "$PREFIX/.part-b.done" ]; then
   echo "bundle incomplete in $PREFIX (have: $(ls -A "$PREFIX" | grep '^\.part' | tr '\n' ' ')); run again with the other part"
   exit 0
 fi
-export PYTHONPATH="$PREFIX${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PREFIX:$PREFIX/extra${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/gpu.txt"
 python3 -m pytest -v -s -p no:cacheprovider "${@:-tests/gpu}" 2>&1 | tee "$LOGS/gpu-tests.log"
 exit "${PIPESTATUS[0]}"

@@ -5,15 +5,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.gpu.conftest import start_launcher
 
 pytestmark = pytest.mark.gpu
 
@@ -40,19 +38,7 @@ def _group_alive(pgid: int) -> bool:
 
 def test_tiny_recipe_serves_chat_completions_and_stops_cleanly(tmp_path: Path):
     port = _free_port()
-    started = time.monotonic()
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "launch", "tiny-bf16", "--set", f"port={port}", "--log-dir", str(tmp_path), "--timeout", "600"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines = []
-    for line in launcher.stdout:
-        lines.append(line)
-        if "ready" in line and "at http://" in line:
-            break
-    else:
-        pytest.fail("launcher exited before the server was ready:\n" + "".join(lines[-40:]))
-    ready_s = time.monotonic() - started
+    launcher, _, ready_s = start_launcher("tiny-bf16", port, tmp_path)
     (record,) = tmp_path.glob("tiny-bf16-*/launch.json")
     server_pid = json.loads(record.read_text())["pid"]
     base = f"http://127.0.0.1:{port}"
