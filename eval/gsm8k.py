@@ -50,20 +50,10 @@ def main(args: argparse.Namespace, target: Target) -> int:
     lm_results, journal = harness.run(config, target, s, out_dir)
     metrics = harness.task_metrics(lm_results, "gsm8k")
     verdict = results.judge(target.recipe, "gsm8k", metrics)
-    run_config = {
-        "recipe": target.recipe.name if target.recipe else None,
-        "base_url": target.base_url,
-        "model": target.model,
-        "task": "gsm8k (eval/tasks/gsm8k.yaml, InferenceX's)",
-        "data": str(args.data_dir) if args.data_dir else "openai/gsm8k main (hub)",
-        "apply_chat_template": True,
-        "fewshot_as_multiturn": True,
-        "temperature": 0,
-        "top_p": 1,
-        **s.as_dict(),
-        "answers_reused_from_journal": journal.reused,
-        "lm_eval_version": lm_results.get("lm_eval_version"),
-    }
+    run_config = harness.run_config(
+        "gsm8k (eval/tasks/gsm8k.yaml, InferenceX's)", target, s, journal, lm_results,
+        data=str(args.data_dir) if args.data_dir else "openai/gsm8k main (hub)",
+    )
     results.write(
         out_dir,
         f"GSM8K — {run_config['recipe'] or target.base_url}",

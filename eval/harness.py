@@ -104,6 +104,25 @@ def run(task: str | dict[str, Any], target: Target, s: Settings, out_dir: Path) 
     return results, journal
 
 
+def run_config(task: str, target: Target, s: Settings, journal: Journal, results: dict[str, Any],
+               **described: Any) -> dict[str, Any]:
+    """What a chat-completions lm-eval run was asked to do, for results.json and summary.md."""
+    return {
+        "recipe": target.recipe.name if target.recipe else None,
+        "base_url": target.base_url,
+        "model": target.model,
+        "task": task,
+        **described,
+        "apply_chat_template": True,
+        "fewshot_as_multiturn": True,
+        "temperature": 0,
+        "top_p": 1,
+        **s.as_dict(),
+        "answers_reused_from_journal": journal.reused,
+        "lm_eval_version": results.get("lm_eval_version"),
+    }
+
+
 def task_metrics(results: dict[str, Any], task: str) -> dict[str, Metric]:
     """lm-eval's numbers for `task` ('exact_match,strict-match', ...), as percentages like the cards."""
     row = results["results"][task]

@@ -17,19 +17,9 @@ def main(args: argparse.Namespace, target: Target) -> int:
     lm_results, journal = harness.run(TASK, target, s, args.output)
     metrics = harness.task_metrics(lm_results, TASK)
     verdict = results.judge(target.recipe, TASK, metrics)
-    run_config = {
-        "recipe": target.recipe.name if target.recipe else None,
-        "base_url": target.base_url,
-        "model": target.model,
-        "task": f"{TASK} (lm-eval stock, hub dataset TIGER-Lab/MMLU-Pro)",
-        "apply_chat_template": True,
-        "fewshot_as_multiturn": True,
-        "temperature": 0,
-        "top_p": 1,
-        **s.as_dict(),
-        "answers_reused_from_journal": journal.reused,
-        "lm_eval_version": lm_results.get("lm_eval_version"),
-    }
+    run_config = harness.run_config(
+        f"{TASK} (lm-eval stock, hub dataset TIGER-Lab/MMLU-Pro)", target, s, journal, lm_results
+    )
     title = f"MMLU-Pro — {run_config['recipe'] or target.base_url}"
     results.write(args.output, title, run_config, metrics, verdict, {"samples": harness.sample_records(lm_results, journal)})
     return verdict.exit_code
