@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from launch import hardware, server
+from launch.checkpoint import check_local_checkpoint
 from launch.errors import LaunchError
 from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
 
@@ -110,6 +111,8 @@ def launch(args: argparse.Namespace) -> int:
     reasons = hardware.misfits(recipe.hardware, machine)
     planning_only = args.dry_run or not machine.gpus
     model_path = _model_path(loaded, materialize=not args.dry_run)
+    if check_local_checkpoint(model_path, recipe.checkpoint_format, loaded.name):
+        err.print(f"checkpoint: {model_path} matches its config.json ({recipe.checkpoint_format})")
     plan = server.plan(loaded, model_path, args.log_dir)
 
     err.print(f"[bold]{loaded.name}[/]: {recipe.title}  [dim]({loaded.path})[/]")

@@ -49,10 +49,11 @@ def test_same_seed_writes_identical_files_and_another_seed_other_weights(bf16_di
 
 
 def test_unknown_format_is_refused_naming_the_valid_ones(tmp_path: Path) -> None:
-    assert FORMATS == ("bf16",)
-    with pytest.raises(ValueError, match=r"'int3'.*valid formats: bf16"):
+    assert FORMATS == ("bf16", "quark-mxfp4-fse", "modelopt-nvfp4", "ct-mxfp4", "quark-w8a8-int8")
+    valid = "valid formats: bf16, quark-mxfp4-fse, modelopt-nvfp4, ct-mxfp4, quark-w8a8-int8"
+    with pytest.raises(ValueError, match=rf"'int3'.*{valid}"):
         write_fixture(tmp_path / "x", "int3")
-    with pytest.raises(ValueError, match="valid formats: bf16"):
+    with pytest.raises(ValueError, match=valid):
         ensure_fixture("int3", root=tmp_path)
     assert not any(tmp_path.iterdir())
 

@@ -1,0 +1,192 @@
+"""The four quantized checkpoint schemes as stored on disk, and how each tool's config names what it skipped.
+
+A scheme knows, for one quantized nn.Linear of shape [out, in], which tensors the producing tool writes
+(suffix, shape, dtype), how that tool's `quantization_config` says a module was left unquantized, and how
+to write such a config block. Everything else (which modules exist, their shapes) comes from config.json,
+see `layout`.
+
+Exclusion semantics follow the tool that wrote the list, which is also what SGLang 0.5.17 reads:
+
+* Quark `exclude`: exact module names or `re:` regexes (SGLang `quark/utils.py:should_ignore_layer`);
+  Quark itself also takes fnmatch globs when quantizing, so those are honoured too.
+* ModelOpt `exclude_modules`: globs matched against the whole name or any dotted part
+  (SGLang `modelopt_quant.py:is_layer_excluded`).
+* compressed-tensors `ignore`: exact names or `re:` regexes (`re.match`), applied to `Linear` targets.
+"""
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+MXFP4_GROUP = 32
+NVFP4_GROUP = 16
+
+# Versions whose config blocks the writers reproduce (the cards' tools).
+QUARK_VERSION = "0.12"
+MODELOPT_VERSION = "0.37.0"
+COMPRESSED_TENSORS_VERSION = "0.20.0"
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    suffix: str
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...]  # accepted safetensors dtypes; writers write the first
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    precision: str  # label in reports
+    group_size: int  # the input dimension must divide by it
+    stored: Callable[[int, int], list[StoredTensor]]
+    exclusions: Callable[[dict[str, Any]], list[str]]  # the exclusion list of a quantization_config
+    matches: Callable[[str, str], bool]  # does exclusion entry (1st) cover module (2nd)?
+
+    def is_excluded(self, module: str, quant_config: dict[str, Any]) -> bool:
+        return any(self.matches(entry, module) for entry in self.exclusions(quant_config))
+
+
+def _exact_or_regex(entry: str, module: str) -> bool:
+    if entry.startswith("re:"):
+        return re.match(entry[3:], module) is not None
+    return entry == module
+
+
+def _quark_match(entry: str, module: str) -> bool:
+    return _exact_or_regex(entry, module) or fnmatch.fnmatchcase(module, entry)
+
+
+def _modelopt_match(entry: str, module: str) -> bool:
+    return any(fnmatch.fnmatchcase(part, entry) for part in (module, *module.split(".")))
+
+
+def _mxfp4_stored(out: int, in_: int, packed: str) -> list[StoredTensor]:
+    return [
+        StoredTensor(packed, (out, in_ // 2), ("U8",)),
+        StoredTensor("weight_scale", (out, in_ // MXFP4_GROUP), ("U8",)),
+    ]
+
+
+def _nvfp4_stored(out: int, in_: int) -> list[StoredTensor]:
+    return [
+        StoredTensor("weight", (out, in_ // 2), ("U8",)),
+        StoredTensor("weight_scale", (out, in_ // NVFP4_GROUP), ("F8_E4M3",)),
+        StoredTensor("weight_scale_2", (), ("F32",)),
+        StoredTensor("input_scale", (), ("F32",)),
+    ]
+
+
+def _int8_stored(out: int, in_: int) -> list[StoredTensor]:
+    # Quark keeps the scale in the weight's dtype; a float32 re-export loads the same.
+    return [StoredTensor("weight", (out, in_), ("I8",)), StoredTensor("weight_scale", (out,), ("BF16", "F32", "F16"))]
+
+
+QUARK_MXFP4 = Scheme(
+    name="quark-mxfp4",
+    precision="MXFP4",
+    group_size=MXFP4_GROUP,
+    stored=lambda out, in_: _mxfp4_stored(out, in_, "weight"),
+    exclusions=lambda qc: qc.get("exclude") or [],
+    matches=_quark_match,
+)
+QUARK_INT8 = Scheme(
+    name="quark-w8a8-int8",
+    precision="INT8",
+    group_size=1,
+    stored=_int8_stored,
+    exclusions=lambda qc: qc.get("exclude") or [],
+    matches=_quark_match,
+)
+MODELOPT_NVFP4 = Scheme(
+    name="modelopt-nvfp4",
+    precision="NVFP4",
+    group_size=NVFP4_GROUP,
+    stored=_nvfp4_stored,
+    exclusions=lambda qc: qc.get("exclude_modules") or qc.get("ignore") or [],
+    matches=_modelopt_match,
+)
+CT_MXFP4 = Scheme(
+    name="ct-mxfp4",
+    precision="MXFP4",
+    group_size=MXFP4_GROUP,
+    stored=lambda out, in_: _mxfp4_stored(out, in_, "weight_packed"),
+    exclusions=lambda qc: qc.get("ignore") or [],
+    matches=_exact_or_regex,
+)
+SCHEMES = (QUARK_MXFP4, QUARK_INT8, MODELOPT_NVFP4, CT_MXFP4)
+
+
+class UnsupportedQuantization(ValueError):
+    """A quantization_config this repository does not know; the message names the field and the fix."""
+
+
+def _quark_scheme(qc: dict[str, Any]) -> Scheme:
+    weight = (qc.get("global_quant_config") or {}).get("weight") or {}
+    dtype = weight.get("dtype")
+    if dtype == "fp4" and weight.get("group_size") == MXFP4_GROUP and weight.get("scale_format") == "e8m0":
+        return QUARK_MXFP4
+    if dtype == "int8" and weight.get("qscheme") == "per_channel":
+        return QUARK_INT8
+    raise UnsupportedQuantization(
+        f"quantization_config.global_quant_config.weight: Quark dtype={dtype!r} qscheme={weight.get('qscheme')!r} "
+        "is not one of the supported Quark schemes (OCP MXFP4 group 32 e8m0; INT8 per_channel)"
+    )
+
+
+def _ct_scheme(qc: dict[str, Any]) -> Scheme:
+    formats = {qc.get("format")} | {group.get("format") for group in (qc.get("config_groups") or {}).values()}
+    if "mxfp4-pack-quantized" in formats:
+        return CT_MXFP4
+    raise UnsupportedQuantization(
+        f"quantization_config.format: compressed-tensors format {qc.get('format')!r} is not supported "
+        "(supported: 'mxfp4-pack-quantized')"
+    )
+
+
+def _modelopt_scheme(qc: dict[str, Any]) -> Scheme:
+    if qc.get("quant_algo") == "NVFP4":
+        return MODELOPT_NVFP4
+    raise UnsupportedQuantization(
+        f"quant_algo: ModelOpt {qc.get('quant_algo')!r} is not supported (supported: 'NVFP4')"
+    )
+
+
+def modelopt_section(config: dict[str, Any], hf_quant_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """ModelOpt's settings: config.json's block, else hf_quant_config.json's `quantization` section."""
+    block = config.get("quantization_config")
+    if block and block.get("quant_method") == "modelopt" and "quant_algo" in block:
+        return block
+    if hf_quant_config is not None:
+        return hf_quant_config.get("quantization")
+    return None
+
+
+def detect_scheme(
+    config: dict[str, Any], hf_quant_config: dict[str, Any] | None = None
+) -> tuple[Scheme | None, dict[str, Any]]:
+    """The scheme of a checkpoint and the dict its exclusions are read from; (None, {}) for BF16."""
+    block = config.get("quantization_config")
+    if block is None and hf_quant_config is not None:
+        block = {"quant_method": "modelopt"}
+    if block is None:
+        return None, {}
+    method = block.get("quant_method")
+    if method == "quark":
+        return _quark_scheme(block), block
+    if method == "compressed-tensors":
+        return _ct_scheme(block), block
+    if method == "modelopt":
+        section = modelopt_section(config, hf_quant_config)
+        if section is None:
+            raise UnsupportedQuantization(
+                "quantization_config says quant_method 'modelopt' but names no quant_algo and there is no "
+                "hf_quant_config.json beside config.json: copy hf_quant_config.json from the original export"
+            )
+        return _modelopt_scheme(section), section
+    raise UnsupportedQuantization(
+        f"quantization_config.quant_method: {method!r} is not supported "
+        "(supported: 'quark', 'modelopt', 'compressed-tensors', or no quantization_config for BF16)"
+    )

@@ -1,0 +1,192 @@
+"""The quantized fixtures: the tools' config blocks, each card's choices, and the dequantized model.
+
+The codecs are checked bit-exactly against the tools in test_codecs_*; here the question is whether the
+writers apply them to the right modules with the right settings, and whether what they wrote is the
+same model as the BF16 fixture up to quantization error.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+
+from sglang_ext.codecs import int8, mxfp4, nvfp4
+from sglang_ext.fixtures import FORMATS, write_fixture
+from sglang_ext.fixtures.tensors import unfuse_experts
+from sglang_ext.formats.dequantize import dequantized_state_dict, write_dequantized
+
+QUANTIZED = FORMATS[1:]
+L0 = "model.language_model.layers.0"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fixtures")
+    for fmt in FORMATS:
+        write_fixture(root / fmt, fmt, seed=0)
+    return root
+
+
+def config_of(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text())
+
+
+def test_formats() -> None:
+    assert QUANTIZED == ("quark-mxfp4-fse", "modelopt-nvfp4", "ct-mxfp4", "quark-w8a8-int8")
+
+
+@pytest.mark.parametrize("fmt", QUANTIZED)
+def test_same_seed_same_bytes(root: Path, fmt: str, tmp_path: Path) -> None:
+    again = write_fixture(tmp_path / fmt, fmt, seed=0)
+    for name in ("model.safetensors", "config.json"):
+        assert (again / name).read_bytes() == (root / fmt / name).read_bytes(), name
+
+
+def test_quark_mxfp4_block_is_what_quark_writes(root: Path) -> None:
+    from quark.torch import LLMTemplate
+
+    template = LLMTemplate(model_type="qwen3_5_moe_fixture", kv_layers_name=["*k_proj", "*v_proj"], q_layer_name="*q_proj")
+    LLMTemplate.register_template(template)
+    exclude = ["lm_head"]
+    quark = LLMTemplate.get("qwen3_5_moe_fixture").get_config(scheme="mxfp4", exclude_layers=exclude).to_dict()
+    ours = config_of(root / "quark-mxfp4-fse")["quantization_config"]
+    assert ours["global_quant_config"] == quark["global_quant_config"]
+    assert {k: v for k, v in ours.items() if k not in ("exclude", "version", "export")} == {
+        k: v for k, v in quark.items() if k not in ("exclude", "version")
+    }
+
+
+def test_quark_int8_block_is_what_quark_writes(root: Path) -> None:
+    from quark.torch.quantization.config.config import Config, Int8PerChannelSpec, QLayerConfig
+
+    def spec(is_dynamic: bool):  # type: ignore[no-untyped-def]
+        return Int8PerChannelSpec(ch_axis=0, symmetric=True, is_dynamic=is_dynamic).to_quantization_spec()
+
+    quark = Config(global_quant_config=QLayerConfig(weight=spec(False), input_tensors=spec(True))).to_dict()
+    ours = config_of(root / "quark-w8a8-int8")["quantization_config"]
+    assert ours["global_quant_config"] == quark["global_quant_config"]
+
+
+def test_compressed_tensors_block_is_what_compressed_tensors_writes(root: Path) -> None:
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, preset_name_to_scheme
+
+    ours = config_of(root / "ct-mxfp4")["quantization_config"]
+    theirs = QuantizationConfig(
+        config_groups={"group_0": preset_name_to_scheme("MXFP4A16", ["Linear"])},
+        format="mxfp4-pack-quantized",
+        ignore=ours["ignore"],
+        quantization_status=QuantizationStatus.COMPRESSED,
+    )
+    assert {k: v for k, v in ours.items() if k != "version"} == json.loads(json.dumps(theirs.model_dump(), default=str))
+    assert QuantizationConfig.model_validate(ours).format == "mxfp4-pack-quantized"
+
+
+def test_modelopt_writes_both_config_files(root: Path) -> None:
+    block = config_of(root / "modelopt-nvfp4")["quantization_config"]
+    legacy = json.loads((root / "modelopt-nvfp4" / "hf_quant_config.json").read_text())
+    assert block["quant_algo"] == legacy["quantization"]["quant_algo"] == "NVFP4"
+    assert block["ignore"] == legacy["quantization"]["exclude_modules"]
+    assert f"{L0}.mlp.shared_expert.gate_proj" in block["ignore"]
+    assert not any(".mlp.experts." in module and not module.startswith("mtp.") for module in block["ignore"])
+
+
+def test_nvfp4_gate_and_up_share_the_global_scale(root: Path) -> None:
+    tensors = load_file(str(root / "modelopt-nvfp4" / "model.safetensors"))
+    for expert in range(8):
+        prefix = f"{L0}.mlp.experts.{expert}"
+        gate, up = tensors[f"{prefix}.gate_proj.weight_scale_2"], tensors[f"{prefix}.up_proj.weight_scale_2"]
+        assert torch.equal(gate, up)
+        assert not torch.equal(gate, tensors[f"{prefix}.down_proj.weight_scale_2"])
+    assert tensors[f"{L0}.mlp.experts.0.down_proj.input_scale"].item() == pytest.approx(8.0 / 2688)
+
+
+def test_ct_uses_the_cards_mse_scale_choice(root: Path) -> None:
+    bf16 = unfuse_experts(load_file(str(root / "bf16" / "model.safetensors")))
+    tensors = load_file(str(root / "ct-mxfp4" / "model.safetensors"))
+    name = f"{L0}.mlp.experts.0.gate_proj"
+    minmax = mxfp4.quantize(bf16[f"{name}.weight"], mxfp4.Producer.COMPRESSED_TENSORS)[1]
+    assert not torch.equal(tensors[f"{name}.weight_scale"], minmax)  # MSE3 moves some block exponents
+    assert (tensors[f"{name}.weight_scale"].int() - minmax.int()).abs().max() == 1
+
+
+def test_int8_scales_follow_quark(root: Path) -> None:
+    bf16 = unfuse_experts(load_file(str(root / "bf16" / "model.safetensors")))
+    tensors = load_file(str(root / "quark-w8a8-int8" / "model.safetensors"))
+    name = f"{L0}.linear_attn.in_proj_qkv"
+    weight = bf16[f"{name}.weight"]
+    assert torch.equal(tensors[f"{name}.weight_scale"], (weight.float().abs().amax(-1) / 127.5).to(torch.bfloat16))
+    assert tensors[f"{name}.weight"].dtype == torch.int8
+
+
+TOLERANCE = {  # per-tensor relative error of the dequantized weights (Frobenius norm)
+    "quark-mxfp4-fse": 0.16,
+    "modelopt-nvfp4": 0.12,
+    "ct-mxfp4": 0.15,
+    "quark-w8a8-int8": 0.01,
+}
+
+
+@pytest.mark.parametrize("fmt", QUANTIZED)
+def test_dequantized_weights_are_the_bf16_weights_up_to_quantization(root: Path, fmt: str) -> None:
+    bf16 = load_file(str(root / "bf16" / "model.safetensors"))
+    ours = dequantized_state_dict(root / fmt)
+    assert ours.keys() == bf16.keys()
+    changed = 0
+    for name, reference in bf16.items():
+        if torch.equal(ours[name], reference):
+            continue
+        changed += 1
+        error = ((ours[name].float() - reference.float()).norm() / reference.float().norm()).item()
+        assert 0 < error < TOLERANCE[fmt], (name, error)
+    expected_changed = {"quark-mxfp4-fse": 4 * 5, "modelopt-nvfp4": 4 * 2, "ct-mxfp4": 4 * 2, "quark-w8a8-int8": 4 * 5 + 3 * 5 + 4}
+    assert changed == expected_changed[fmt]
+
+
+# Logits of the dequantized model against the BF16 model on 4 x 48 random tokens. This random model
+# routes on near-ties, so quantization flips some expert choices: the bounds are what the formats'
+# weight error gives here (measured: MXFP4-FSE 0.28, NVFP4 0.21, ct-MXFP4 0.24, INT8 0.11), and the
+# control below shows that a wrong mapping lands far above them.
+LOGIT_REL_ERROR = {"quark-mxfp4-fse": 0.35, "modelopt-nvfp4": 0.3, "ct-mxfp4": 0.3, "quark-w8a8-int8": 0.15}
+
+
+def logits(path: Path) -> torch.Tensor:
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    tokens = torch.randint(0, 3000, (4, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model(input_ids=tokens).logits.float()
+
+
+@pytest.fixture(scope="module")
+def bf16_logits(root: Path) -> torch.Tensor:
+    return logits(root / "bf16")
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours - reference).norm() / reference.norm()).item()
+
+
+@pytest.mark.parametrize("fmt", QUANTIZED)
+def test_dequantized_model_matches_bf16_logits(root: Path, fmt: str, bf16_logits: torch.Tensor, tmp_path: Path) -> None:
+    ours = logits(write_dequantized(root / fmt, tmp_path / fmt))
+    error = relative_error(ours, bf16_logits)
+    agreement = (ours.argmax(-1) == bf16_logits.argmax(-1)).float().mean().item()
+    print(f"{fmt}: logits relative error {error:.3f}, top-1 agreement {agreement:.3f}")
+    assert torch.isfinite(ours).all()
+    assert 0 < error < LOGIT_REL_ERROR[fmt]
+    assert agreement > 0.45
+
+
+def test_a_mismapped_checkpoint_fails_the_logit_bound(root: Path, bf16_logits: torch.Tensor, tmp_path: Path) -> None:
+    """Control: the INT8 fixture with gate and up swapped in every routed expert."""
+    target = write_dequantized(root / "quark-w8a8-int8", tmp_path / "swapped")
+    tensors = load_file(str(target / "model.safetensors"))
+    for name in [n for n in tensors if n.endswith("experts.gate_up_proj")]:
+        gate, up = tensors[name].chunk(2, dim=-2)
+        tensors[name] = torch.cat((up, gate), dim=-2)
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
+    assert relative_error(logits(target), bf16_logits) > 2 * LOGIT_REL_ERROR["quark-w8a8-int8"]
