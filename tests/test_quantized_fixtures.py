@@ -145,11 +145,11 @@ def test_dequantized_weights_are_the_bf16_weights_up_to_quantization(root: Path,
     assert changed == expected_changed[fmt]
 
 
-# Logits of the dequantized model against the BF16 model on 4 x 48 random tokens. This random model
-# routes on near-ties, so quantization flips some expert choices: the bounds are what the formats'
-# weight error gives here (measured: MXFP4-FSE 0.28, NVFP4 0.21, ct-MXFP4 0.24, INT8 0.11), and the
-# control below shows that a wrong mapping lands far above them.
-LOGIT_REL_ERROR = {"quark-mxfp4-fse": 0.35, "modelopt-nvfp4": 0.3, "ct-mxfp4": 0.3, "quark-w8a8-int8": 0.15}
+# Logits of the dequantized model against the BF16 model on 4 x 48 random tokens: bounds a little above
+# what the formats' weight error gives (measured: MXFP4-FSE 0.078, NVFP4 0.058, ct-MXFP4 0.065, INT8
+# 0.011; the BF16 model run in bf16 instead of float32 moves them by 0.011). The control below shows that
+# a wrong mapping lands far above them.
+LOGIT_REL_ERROR = {"quark-mxfp4-fse": 0.12, "modelopt-nvfp4": 0.1, "ct-mxfp4": 0.1, "quark-w8a8-int8": 0.03}
 
 
 def logits(path: Path) -> torch.Tensor:
@@ -176,7 +176,7 @@ def test_dequantized_model_matches_bf16_logits(root: Path, fmt: str, bf16_logits
     print(f"{fmt}: logits relative error {error:.3f}, top-1 agreement {agreement:.3f}")
     assert torch.isfinite(ours).all()
     assert 0 < error < LOGIT_REL_ERROR[fmt]
-    assert agreement > 0.45
+    assert agreement > 0.8
 
 
 def test_a_mismapped_checkpoint_fails_the_logit_bound(root: Path, bf16_logits: torch.Tensor, tmp_path: Path) -> None:
@@ -190,3 +190,33 @@ def test_a_mismapped_checkpoint_fails_the_logit_bound(root: Path, bf16_logits: t
 
     save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
     assert relative_error(logits(target), bf16_logits) > 2 * LOGIT_REL_ERROR["quark-w8a8-int8"]
+
+
+def test_reference_experts_forward_is_transformers_own(root: Path) -> None:
+    from sglang_ext.formats.reference import _quantized_experts_forward
+
+    model = AutoModelForImageTextToText.from_pretrained(root / "bf16", dtype=torch.float32).eval()
+    tokens = torch.randint(0, 3000, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=tokens).logits
+        for name, module in model.named_modules():
+            if name.endswith("mlp.experts"):
+                module.forward = _quantized_experts_forward(module, lambda x: x)
+        after = model(input_ids=tokens).logits
+    assert (after - before).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(("fmt", "hooked"), [("quark-mxfp4-fse", 4 + 12), ("quark-w8a8-int8", 4 + 12 + 4 + 15), ("ct-mxfp4", 0)])
+def test_reference_quantizes_the_activations_of_quantized_modules(root: Path, fmt: str, hooked: int, tmp_path: Path) -> None:
+    from sglang_ext.formats.reference import apply_activation_quantization
+
+    dequantized = write_dequantized(root / fmt, tmp_path / fmt)
+    model = AutoModelForImageTextToText.from_pretrained(dequantized, dtype=torch.float32).eval()
+    tokens = torch.randint(0, 3000, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        weight_only = model(input_ids=tokens).logits
+        assert apply_activation_quantization(model, root / fmt) == hooked
+        reference = model(input_ids=tokens).logits
+    error = relative_error(reference, weight_only)
+    print(f"{fmt}: activation quantization moves the logits by {error:.4f} (relative)")
+    assert (error > 0.005) if hooked else (error == 0)
