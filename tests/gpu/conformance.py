@@ -1,0 +1,243 @@
+"""GPU conformance of every tiny fixture format through a real SGLang server.
+
+For each case (a tiny recipe, optionally with the fused shared expert turned off) the real launcher
+starts SGLang; the suite sends the same greedy prompts through `/generate` with prompt and output
+logprobs, and one chat completion through the OpenAI API. An independent reference — transformers'
+model of the dequantized weights in float32 on the GPU, with the scheme's activation quantization
+(`sglang_ext.formats.reference`) — scores the same token sequences. Per case: max and mean absolute
+logprob error over all prompt and generated positions, and teacher-forced greedy agreement (the
+reference's argmax after SGLang's own prefix, so one near-tie does not cascade). FSE-on and FSE-off runs
+of one checkpoint are also compared with each other.
+
+    python -m tests.gpu.conformance [--cases bf16,int8,...] [--out DIR]
+
+prints one table and writes conformance.json; tests/gpu/test_conformance.py runs it with thresholds.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROMPTS = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
+    "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs.",
+    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
+    "Albert is wondering how much pizza he can eat in one day. He buys 2 large pizzas and 2 small pizzas.",
+    "Ken created a care package to send to his brother, who was away at boarding school.",
+    "Alexis is applying for a new job and bought a new set of business clothes to wear to the interview.",
+    "Tina makes $18.00 an hour. If she works more than 8 hours per shift, she is eligible for overtime.",
+)
+NEW_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    recipe: str
+    fse: bool | None  # None: the checkpoint keeps the shared expert out of the MoE either way
+    sets: tuple[str, ...] = ()
+
+
+CASES = (
+    Case("bf16", "tiny-bf16", True),
+    Case("bf16 fse-off", "tiny-bf16", False, ("disable-shared-experts-fusion=true",)),
+    Case("int8", "tiny-int8", True),
+    Case("int8 fse-off", "tiny-int8", False, ("disable-shared-experts-fusion=true",)),
+    Case("mxfp4-fse", "tiny-mxfp4-fse", True),
+    Case("mxfp4-fse fse-off", "tiny-mxfp4-fse", False, ("disable-shared-experts-fusion=true",)),
+    Case("nvfp4", "tiny-nvfp4", None),
+    Case("ct-mxfp4", "tiny-ct-mxfp4", None),
+)
+
+
+@dataclass
+class Result:
+    case: str
+    recipe: str
+    fse: bool | None
+    ok: bool = False
+    error: str = ""
+    ready_s: float = 0.0
+    max_abs_logprob_error: float = float("nan")
+    mean_abs_logprob_error: float = float("nan")
+    greedy_agreement: float = float("nan")
+    chat_completion_tokens: int = 0
+    # raw server output, for FSE on/off comparisons
+    sequences: list[list[int]] = field(default_factory=list, repr=False)
+    logprobs: list[list[float]] = field(default_factory=list, repr=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> object:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+def prompt_ids(tokenizer_dir: Path) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                      enable_thinking=False, tokenize=True, return_dict=True)["input_ids"]
+        for text in PROMPTS
+    ]  # fmt: skip
+
+
+def _serve_and_query(case: Case, prompts: list[list[int]], log_dir: Path, mem_fraction: float) -> Result:
+    result = Result(case.label, case.recipe, case.fse)
+    port = _free_port()
+    sets = [f"port={port}", f"mem-fraction-static={mem_fraction}", "disable-cuda-graph=true", *case.sets]
+    command = [sys.executable, "-m", "launch", case.recipe, "--log-dir", str(log_dir), "--timeout", "500",
+               *[arg for item in sets for arg in ("--set", item)]]  # fmt: skip
+    started = time.monotonic()
+    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in launcher.stdout:
+            lines.append(line)
+            if "ready" in line and "at http://" in line:
+                break
+        else:
+            result.error = "server did not start: " + " | ".join(l.strip() for l in lines[-8:])
+            return result
+        result.ready_s = time.monotonic() - started
+        base = f"http://127.0.0.1:{port}"
+        outputs = _post(f"{base}/generate", {
+            "input_ids": prompts,
+            "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True},
+            "return_logprob": True, "logprob_start_len": 0,
+        })  # fmt: skip
+        for prompt, output in zip(prompts, outputs):
+            meta = output["meta_info"]
+            generated = [token for _, token, _ in meta["output_token_logprobs"]]
+            result.sequences.append(prompt + generated)
+            result.logprobs.append([lp for lp, _, _ in meta["input_token_logprobs"][1:]] +
+                                   [lp for lp, _, _ in meta["output_token_logprobs"]])  # fmt: skip
+        chat = _post(f"{base}/v1/chat/completions", {
+            "model": "tiny-qwen3.5-moe", "messages": [{"role": "user", "content": PROMPTS[0]}],
+            "max_tokens": 8, "temperature": 0,
+        })  # fmt: skip
+        result.chat_completion_tokens = chat["usage"]["completion_tokens"]
+    except Exception as error:  # a case's failure is a row in the table, not the end of the suite
+        result.error = f"{type(error).__name__}: {error}"
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+    return result
+
+
+def _score(result: Result, reference, prompt_lengths: list[int], device: str) -> None:
+    import torch
+
+    errors, agreement = [], []
+    for sequence, served, prompt_length in zip(result.sequences, result.logprobs, prompt_lengths):
+        tokens = torch.tensor([sequence], device=device)
+        with torch.no_grad():
+            logprobs = reference(input_ids=tokens).logits[0].float().log_softmax(-1)
+        targets = tokens[0, 1:]
+        ours = logprobs[:-1].gather(-1, targets[:, None])[:, 0].cpu()
+        errors.append((ours - torch.tensor(served)).abs())
+        predicted = logprobs[prompt_length - 1 : -1].argmax(-1).cpu()
+        agreement.append((predicted == targets[prompt_length - 1 :].cpu()).float())
+    errors_all, agreement_all = torch.cat(errors), torch.cat(agreement)
+    result.max_abs_logprob_error = errors_all.max().item()
+    result.mean_abs_logprob_error = errors_all.mean().item()
+    result.greedy_agreement = agreement_all.mean().item()
+
+
+def compare_fse(on: Result, off: Result) -> dict:
+    """FSE on vs off of one checkpoint: identical generated tokens, logprobs equal to kernel rounding."""
+    same = sum(a == b for a, b in zip(on.sequences, off.sequences))
+    diffs = [abs(a - b) for x, y in zip(on.logprobs, off.logprobs) for a, b in zip(x, y)]
+    return {"pair": f"{on.case} vs {off.case}", "identical_sequences": same, "sequences": len(on.sequences),
+            "max_abs_logprob_diff": max(diffs) if diffs else float("nan")}  # fmt: skip
+
+
+def run(cases: tuple[Case, ...], out: Path, parallel: int = 4) -> tuple[list[Result], list[dict]]:
+    import torch
+
+    from sglang_ext.fixtures import ensure_fixture
+    from sglang_ext.formats.dequantize import write_dequantized
+    from sglang_ext.formats.reference import reference_model
+    from launch.recipe import load_recipe
+
+    out.mkdir(parents=True, exist_ok=True)
+    formats = {case.recipe: load_recipe(case.recipe).recipe.model.fixture for case in cases}
+    checkpoints = {recipe: ensure_fixture(fmt) for recipe, fmt in formats.items()}  # before servers race for it
+    prompts = prompt_ids(checkpoints[cases[0].recipe])
+    mem_fraction = round(0.8 / min(parallel, len(cases)), 2)
+    with ThreadPoolExecutor(parallel) as pool:
+        results = list(pool.map(lambda case: _serve_and_query(case, prompts, out / "servers", mem_fraction), cases))
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for recipe, checkpoint in checkpoints.items():
+        served = [r for r in results if r.recipe == recipe and not r.error]
+        if not served:
+            continue
+        reference = reference_model(checkpoint, write_dequantized(checkpoint, out / "dequantized" / recipe), device)
+        for result in served:
+            _score(result, reference, [len(p) for p in prompts], device)
+        del reference
+    pairs = [compare_fse(on, off) for on in results for off in results
+             if on.recipe == off.recipe and on.fse and off.fse is False and not on.error and not off.error]  # fmt: skip
+    (out / "conformance.json").write_text(json.dumps(
+        {"results": [{k: v for k, v in asdict(r).items() if k not in ("sequences", "logprobs")} for r in results],
+         "fse_pairs": pairs}, indent=2) + "\n")  # fmt: skip
+    return results, pairs
+
+
+def print_table(results: list[Result], pairs: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="SGLang 0.5.17 vs dequantized float32 reference (8 prompts, 16 greedy tokens each)")
+    for column in ("case", "FSE", "ready s", "max |Δlogprob|", "mean |Δlogprob|", "greedy agree", "chat tokens", "error"):
+        table.add_column(column)
+    for r in results:
+        fse = {True: "on", False: "off", None: "n/a"}[r.fse]
+        table.add_row(r.case, fse, f"{r.ready_s:.0f}", f"{r.max_abs_logprob_error:.4f}",
+                      f"{r.mean_abs_logprob_error:.4f}", f"{r.greedy_agreement:.3f}", str(r.chat_completion_tokens),
+                      r.error[:80])  # fmt: skip
+    console = Console(width=160)
+    console.print(table)
+    for pair in pairs:
+        console.print(f"FSE {pair['pair']}: {pair['identical_sequences']}/{pair['sequences']} identical sequences, "
+                      f"max |Δlogprob| {pair['max_abs_logprob_diff']:.4f}")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.gpu.conformance")
+    parser.add_argument("--cases", help="comma-separated case labels (default: all)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "conformance")
+    args = parser.parse_args()
+    wanted = set(args.cases.split(",")) if args.cases else None
+    cases = tuple(c for c in CASES if wanted is None or c.label in wanted)
+    results, pairs = run(cases, args.out)
+    print_table(results, pairs)
+    return 0 if all(not r.error for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
