@@ -5,3 +5,11 @@ SGLang version first, so a mismatch fails at server start with the fix, not deep
 from sglang_ext import require_supported_sglang
 
 require_supported_sglang()
+
+from sglang_ext.quantization.quark.config import register_quark_int8  # noqa: E402 (after the version check)
+
+register_quark_int8()
+
+# SGLang imports this package strictly but its modules leniently (registry.py: an import error there only
+# logs a warning and the stock class serves); importing the overrides here makes a broken one stop the start.
+from sglang_ext.models import qwen3_5  # noqa: E402,F401

@@ -1,0 +1,153 @@
+"""Qwen3.5-MoE with the shared expert fused into the routed MoE on CUDA (FSE).
+
+SGLang 0.5.17 fuses Qwen3.5's shared expert only under aiter: the decoder layers build
+`Qwen2MoeSparseMoeBlock` without the `enable_cuda_shared_expert_fusion` that Qwen3-Next passes, and
+`Qwen3_5MoeForConditionalGeneration` loads the shared expert into expert slot E only under aiter. This
+override builds the same layers with that flag, decides from the checkpoint whether the shared expert
+may be fused (`sglang_ext.shared_expert_fusion`, on top of SGLang's `can_fuse_shared_expert`), and loads
+it into slot E wherever the layers fused. The block then appends slot E to every token's top-k with
+weight sigmoid(shared_expert_gate(x)) (`Qwen2MoeSparseMoeBlock._append_shared_to_topk_output`).
+
+The MTP draft (`Qwen3_5ForCausalLMMTP`, which SGLang picks for NEXTN from this architecture) is left
+stock: it builds its own layers, outside this class, so it keeps its shared expert separate, which its
+own loader expects.
+"""
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from sglang.srt.arg_groups.overrides import declare_load_time_override
+from sglang.srt.layers.moe import get_moe_runner_backend
+from sglang.srt.models import qwen3_5
+from sglang.srt.models.qwen2_moe import Qwen2MoeSparseMoeBlock, can_fuse_shared_expert
+from sglang.srt.runtime_context import get_exec
+
+from sglang_ext.quantization.mxfp4_ct_names import ct_mxfp4_expert_name, serves_experts_with_mxfp4_moe_method
+from sglang_ext.shared_expert_fusion import FusionDecision, decide_shared_expert_fusion, shared_expert_slot
+
+logger = logging.getLogger(__name__)
+
+
+class CudaFusableSparseMoeBlock(Qwen2MoeSparseMoeBlock):
+    """The stock block as Qwen3-Next builds it: shared-expert fusion allowed on CUDA as well as aiter. The
+    layer's own `support_shared_expert_fusion` (off under --disable-shared-experts-fusion) still gates it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, enable_cuda_shared_expert_fusion=True, **kwargs)
+
+
+@contextmanager
+def cuda_fusable_moe_blocks() -> Iterator[None]:
+    """Qwen3.5's decoder layers look `Qwen2MoeSparseMoeBlock` up in their module while being built; point
+    that name at the fusable block for the duration, so the layers are not copied here. Scoped, so the MTP
+    draft and any other model built in this process get the stock block."""
+    stock = qwen3_5.Qwen2MoeSparseMoeBlock
+    qwen3_5.Qwen2MoeSparseMoeBlock = CudaFusableSparseMoeBlock
+    try:
+        yield
+    finally:
+        qwen3_5.Qwen2MoeSparseMoeBlock = stock
+
+
+def checkpoint_quant_config(config: Any, quant_config: Any) -> dict[str, Any] | None:
+    """The checkpoint's quantization config as a dict, from where SGLang's `get_quant_config` reads it;
+    for a ModelOpt checkpoint whose settings live only in hf_quant_config.json, rebuilt from SGLang's
+    parsed ModelOpt config."""
+    for holder, field in (
+        (config, "quantization_config"),
+        (config.text_config, "quantization_config"),
+        (config, "compression_config"),
+    ):
+        block = getattr(holder, field, None)
+        if block is not None:
+            return block if isinstance(block, dict) else block.to_dict()
+    if quant_config is None:
+        return None
+    if quant_config.get_name() == "modelopt_fp4":
+        exclude_modules = list(quant_config.exclude_modules)
+        return {"quant_method": "modelopt", "quant_algo": "NVFP4", "exclude_modules": exclude_modules}
+    return {"quant_method": quant_config.get_name()}
+
+
+def fusion_decision(config: Any, quant_config: Any) -> FusionDecision:
+    decision = decide_shared_expert_fusion(
+        config.to_dict(),
+        checkpoint_quant_config(config, quant_config),
+        disabled=get_exec().moe.disable_shared_experts_fusion,
+        moe_runner_backend=get_moe_runner_backend().value,
+    )
+    if decision.fuse and not can_fuse_shared_expert(config.text_config, quant_config):
+        return FusionDecision(False, "SGLang's can_fuse_shared_expert refuses (DeepEP all-to-all, Quark specs differ)")
+    return decision
+
+
+class Qwen3_5MoeForConditionalGeneration(qwen3_5.Qwen3_5MoeForConditionalGeneration):
+    def __init__(
+        self,
+        config: Any,
+        quant_config: Any = None,
+        prefix: str = "",
+        language_model_cls: type = qwen3_5.Qwen3_5MoeForCausalLM,
+    ) -> None:
+        decision = fusion_decision(config, quant_config)
+        if not decision.fuse and not get_exec().moe.disable_shared_experts_fusion:
+            # Before the layers are built, which read the flag; SGLang's other readers (this model's aiter
+            # path, the routed-experts capturer) then agree. `_maybe_autodisable_shared_experts_fusion`
+            # does the same on ROCm, from the weaker `can_fuse_shared_expert` alone.
+            declare_load_time_override(f"{__name__}.fusion_decision", {"disable_shared_experts_fusion": True})
+        with cuda_fusable_moe_blocks():
+            super().__init__(config, quant_config, prefix, language_model_cls)
+        self.num_fused_shared_experts = self._get_num_fused_shared_experts()
+        self.enable_shared_expert_fusion = self.num_fused_shared_experts > 0
+        self.renames_ct_mxfp4_experts = serves_experts_with_mxfp4_moe_method(quant_config)
+        if self.enable_shared_expert_fusion:
+            logger.info("Qwen3.5 shared expert fused into the routed MoE as expert %d: %s",
+                        self.config.num_experts, decision.reason)
+        elif decision.fuse:
+            logger.info("Qwen3.5 shared expert kept separate: SGLang's MoE block does not fuse it on this platform")
+        else:
+            logger.info("Qwen3.5 shared expert kept separate: %s", decision.reason)
+
+    def _get_num_fused_shared_experts(self) -> int:
+        # Any MoE layer this rank holds: under pipeline parallelism layers[0] may be on another rank.
+        model = getattr(self, "model", None)
+        if model is None:
+            return 0
+        held = model.layers[self.start_layer : self.end_layer]
+        return max((getattr(layer.mlp, "num_fused_shared_experts", 0) for layer in held), default=0)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """The stock loader, with main-layer shared-expert tensors (weights and scales) sent to expert slot E
+        of w13/w2 first, as the stock loader does only under aiter. compressed-tensors MXFP4 experts are
+        renamed to the parameters SGLang's MXFP4 MoE method creates (its Kimi loader does the same)."""
+        if self.renames_ct_mxfp4_experts:
+            weights = ((ct_mxfp4_expert_name(name), tensor) for name, tensor in weights)
+        if not self.enable_shared_expert_fusion:
+            return super().load_weights(weights)
+        params = dict(self.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+
+        def others(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in weights:
+                slot = shared_expert_slot(name.replace("model.language_model.", "model."), self.config.num_experts)
+                if slot is None:
+                    yield name, tensor
+                    continue
+                if not self.start_layer <= slot.layer < self.end_layer:
+                    continue
+                param = params.get(slot.param_name)
+                if param is None:
+                    raise ValueError(
+                        f"{name}: the fused shared expert has no parameter {slot.param_name}, so the routed experts "
+                        "were stored differently; serve with --disable-shared-experts-fusion"
+                    )
+                param.weight_loader(param, tensor, slot.param_name, slot.shard_id, slot.expert_id)
+                loaded.add(slot.param_name)
+
+        return super().load_weights(others(weights)) | loaded
+
+
+EntryClass = [Qwen3_5MoeForConditionalGeneration]

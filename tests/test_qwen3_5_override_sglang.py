@@ -1,0 +1,224 @@
+"""The Qwen3.5 FSE override inside SGLang 0.5.17, on the CPU: what it registers, the decision it takes from
+SGLang's own parsed configs, the MoE block its decoder layers get, and where its loader puts the shared
+expert. The forward pass needs a GPU: tests/gpu/test_fse_bf16.py. Skipped where SGLang is not installed."""
+
+import json
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("sglang.srt")
+
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from sglang.srt.configs.load_config import LoadConfig  # noqa: E402
+from sglang.srt.configs.model_config import ModelConfig  # noqa: E402
+from sglang.srt.model_loader.weight_utils import get_quant_config  # noqa: E402
+from sglang.srt.models import qwen2_moe, qwen3_5  # noqa: E402
+from sglang.srt.models.registry import import_model_classes  # noqa: E402
+from sglang.srt.runtime_context import get_context, get_exec  # noqa: E402
+
+from sglang_ext.fixtures import write_fixture  # noqa: E402
+from sglang_ext.models import qwen3_5 as override  # noqa: E402
+
+NUM_EXPERTS = 8  # the fixture's; the shared expert becomes expert 8
+FORMATS = ("bf16", "quark-mxfp4-fse", "quark-w8a8-int8", "modelopt-nvfp4", "ct-mxfp4")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fixtures")
+    for fmt in FORMATS:
+        write_fixture(root / fmt, fmt, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sglang_cpu():
+    """A published default ServerArgs and a one-process gloo group: what SGLang's layers read when built."""
+    from sglang.srt.distributed import (
+        destroy_distributed_environment,
+        destroy_model_parallel,
+        init_distributed_environment,
+        initialize_model_parallel,
+    )
+    from sglang.srt.layers.moe import initialize_moe_config
+
+    published = get_context().override_server_args(device="cpu")
+    server_args = published.install()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    init_distributed_environment(
+        backend="gloo", world_size=1, rank=0, local_rank=0, distributed_init_method=f"tcp://127.0.0.1:{port}"
+    )
+    initialize_model_parallel(1)
+    initialize_moe_config(server_args)
+    yield
+    destroy_model_parallel()
+    destroy_distributed_environment()
+    published.restore()
+
+
+def sglang_configs(path: Path):
+    """The HF config and quantization config exactly as SGLang's loader builds them for this checkpoint."""
+    model_config = ModelConfig(str(path))
+    quant_config = None
+    if model_config.quantization:
+        mapping = qwen3_5.Qwen3_5MoeForConditionalGeneration.packed_modules_mapping
+        quant_config = get_quant_config(model_config, LoadConfig(), mapping)
+    return model_config.hf_config, quant_config
+
+
+def test_entry_class_replaces_the_stock_moe_model_only() -> None:
+    classes = import_model_classes("sglang_ext.models")
+    ours = classes["Qwen3_5MoeForConditionalGeneration"]
+    assert ours is override.Qwen3_5MoeForConditionalGeneration
+    assert issubclass(ours, qwen3_5.Qwen3_5MoeForConditionalGeneration)
+    # SGLang serves NEXTN for this architecture with Qwen3_5ForCausalLMMTP (configs/model_config.py), which
+    # keeps its shared expert separate and stays stock.
+    assert "Qwen3_5ForCausalLMMTP" not in classes
+
+
+@pytest.mark.parametrize(
+    "fmt, fused",
+    [("bf16", True), ("quark-mxfp4-fse", True), ("quark-w8a8-int8", True), ("modelopt-nvfp4", False),
+     ("ct-mxfp4", False)],
+)
+def test_decision_from_sglangs_parsed_configs(sglang_cpu, root: Path, fmt: str, fused: bool) -> None:
+    hf_config, quant_config = sglang_configs(root / fmt)
+    decision = override.fusion_decision(hf_config, quant_config)
+    print(f"{fmt}: {decision}")
+    assert decision.fuse is fused
+    # SGLang's own check passes all five (only Quark's config has a veto), so alone it would fuse NVFP4 and
+    # ct-MXFP4, whose BF16 shared expert cannot sit in their quantized expert weights.
+    assert qwen2_moe.can_fuse_shared_expert(hf_config.text_config, quant_config)
+
+
+def test_decision_honours_the_disable_flag(root: Path) -> None:
+    hf_config, _ = sglang_configs(root / "bf16")
+    with get_context().override_server_args(device="cpu", disable_shared_experts_fusion=True):
+        decision = override.fusion_decision(hf_config, None)
+    assert not decision.fuse and "--disable-shared-experts-fusion" in decision.reason
+
+
+def test_modelopt_settings_only_in_hf_quant_config_json(sglang_cpu, root: Path, tmp_path: Path) -> None:
+    path = shutil.copytree(root / "modelopt-nvfp4", tmp_path / "nvfp4")
+    config = json.loads((path / "config.json").read_text())
+    del config["quantization_config"]
+    (path / "config.json").write_text(json.dumps(config))
+    hf_config, quant_config = sglang_configs(path)
+    assert getattr(hf_config, "quantization_config", None) is None and quant_config.get_name() == "modelopt_fp4"
+    decision = override.fusion_decision(hf_config, quant_config)
+    assert not decision.fuse and "shared_expert" in decision.reason
+
+
+def stock_init_without_kernels(self, config, quant_config=None, prefix="", language_model_cls=None) -> None:
+    """Stands in for SGLang's `Qwen3_5MoeForConditionalGeneration.__init__` on a CPU, which cannot build the
+    GDN and attention kernels or the ViT: the language model's MoE blocks under the parameter names SGLang
+    gives them, each built as the decoder layers build theirs (module-level name, flag read at build time)."""
+    torch.nn.Module.__init__(self)
+    text = config.text_config
+    text.encoder_only = False
+    self.config = text
+    self.pp_group = SimpleNamespace(is_first_rank=True, is_last_rank=True)
+    self.model = torch.nn.Module()
+    self.model.layers = torch.nn.ModuleList()
+    for layer in range(text.num_hidden_layers):
+        decoder_layer = torch.nn.Module()
+        decoder_layer.mlp = qwen3_5.Qwen2MoeSparseMoeBlock(
+            layer_id=layer,
+            config=text,
+            quant_config=quant_config,
+            prefix=f"model.language_model.layers.{layer}.mlp",
+            support_shared_expert_fusion=not qwen3_5._disable_shared_experts_fusion(),
+        )
+        self.model.layers.append(decoder_layer)
+    self.model.start_layer, self.model.end_layer = 0, text.num_hidden_layers
+
+
+@pytest.fixture
+def cpu_model(sglang_cpu, monkeypatch: pytest.MonkeyPatch):
+    """Builds the override model as on CUDA, with `stock_init_without_kernels`, zeroed so an unloaded slot
+    shows; each test gets its own published ServerArgs, since an off decision is published into it."""
+    monkeypatch.setattr(qwen2_moe, "_is_cuda", True)
+    monkeypatch.setattr(qwen3_5.Qwen3_5MoeForConditionalGeneration, "__init__", stock_init_without_kernels)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # SGLang's loader builds models under the checkpoint dtype
+
+    def build(hf_config, quant_config) -> override.Qwen3_5MoeForConditionalGeneration:
+        model = override.Qwen3_5MoeForConditionalGeneration(hf_config, quant_config)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.zero_()
+        return model
+
+    yield build
+    torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize(
+    "fmt, flags, fused",
+    [("bf16", {}, True), ("quark-mxfp4-fse", {}, True), ("ct-mxfp4", {}, False),
+     ("bf16", {"disable_shared_experts_fusion": True}, False)],
+)
+def test_model_fuses_as_decided_and_publishes_an_off_decision(
+    cpu_model, root: Path, fmt: str, flags: dict, fused: bool
+) -> None:
+    hf_config, quant_config = sglang_configs(root / fmt)
+    with get_context().override_server_args(device="cpu", **flags):
+        model = cpu_model(hf_config, quant_config)
+        assert get_exec().moe.disable_shared_experts_fusion is not fused
+    assert model.enable_shared_expert_fusion is fused and model.num_fused_shared_experts == int(fused)
+    text = hf_config.text_config
+    for decoder_layer in model.model.layers:
+        block = decoder_layer.mlp
+        assert isinstance(block, override.CudaFusableSparseMoeBlock)
+        assert block.num_fused_shared_experts == int(fused) and (block.shared_expert is None) is fused
+        assert block.experts.num_experts == NUM_EXPERTS + int(fused)
+        assert block.experts.top_k == text.num_experts_per_tok + int(fused)
+    # Outside the model's construction the name is SGLang's block again (the MTP draft gets that one).
+    assert qwen3_5.Qwen2MoeSparseMoeBlock is qwen2_moe.Qwen2MoeSparseMoeBlock
+
+
+def moe_tensors(path: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(path / "model.safetensors"))
+    return {name: t for name, t in tensors.items() if name.startswith("model.language_model.") and ".mlp." in name}
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "quark-mxfp4-fse"])
+def test_loader_puts_the_shared_expert_in_slot_e_as_the_aiter_path_does(cpu_model, root: Path, fmt: str) -> None:
+    hf_config, quant_config = sglang_configs(root / fmt)
+    ours = cpu_model(hf_config, quant_config)
+    assert ours.enable_shared_expert_fusion
+    checkpoint = moe_tensors(root / fmt)
+    ours.load_weights(iter(checkpoint.items()))
+
+    suffixes = ["weight"] + (["weight_scale"] if fmt != "bf16" else [])
+    for layer in range(hf_config.text_config.num_hidden_layers):
+        shared = f"model.language_model.layers.{layer}.mlp.shared_expert"
+        experts = ours.model.layers[layer].mlp.experts
+        for suffix in suffixes:
+            w13, w2 = getattr(experts, f"w13_{suffix}"), getattr(experts, f"w2_{suffix}")
+            gate_up = torch.cat([checkpoint[f"{shared}.gate_proj.{suffix}"], checkpoint[f"{shared}.up_proj.{suffix}"]])
+            assert torch.equal(w13[NUM_EXPERTS], gate_up), (layer, suffix)
+            assert torch.equal(w2[NUM_EXPERTS], checkpoint[f"{shared}.down_proj.{suffix}"]), (layer, suffix)
+            assert gate_up.float().abs().sum() > 0
+
+    # The stock loader's aiter branch (what this override turns on for CUDA) fills every parameter alike.
+    stock = cpu_model(hf_config, quant_config)
+    qwen3_5.Qwen3_5MoeForConditionalGeneration.load_weights(stock, iter(checkpoint.items()))
+    stock_params = dict(stock.named_parameters())
+    for name, param in ours.named_parameters():
+        assert torch.equal(param, stock_params[name]), name
+
+
+def test_a_shared_tensor_without_a_routed_counterpart_is_refused(cpu_model, root: Path) -> None:
+    hf_config, _ = sglang_configs(root / "bf16")
+    model = cpu_model(hf_config, None)
+    stray = "model.language_model.layers.0.mlp.shared_expert.gate_proj.weight_scale"
+    with pytest.raises(ValueError, match=r"w13_weight_scale.*--disable-shared-experts-fusion"):
+        model.load_weights(iter([(stray, torch.ones(64, 4))]))
