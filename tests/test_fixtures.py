@@ -82,7 +82,7 @@ def test_ensure_fixture_regenerates_on_a_stale_stamp(tmp_path: Path) -> None:
 def test_ensure_fixture_leaves_nothing_behind_when_writing_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def crash(outdir: Path, config: dict, seed: int) -> dict:
+    def crash(outdir: Path, config: dict, seed: int, device: str) -> dict:
         (outdir / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("disk full")
 
@@ -205,3 +205,19 @@ def test_cli_writes_and_lists_the_checkpoint(
     total = sum(path.stat().st_size for path in (tmp_path / "out").iterdir())
     assert f"{total:,} bytes" in printed
     assert read_json(tmp_path / "out" / STAMP_FILE)["seed"] == 2
+
+
+def test_real_shapes_follow_the_published_configs(tmp_path: Path) -> None:
+    from sglang_ext.fixtures.model_config import model_config
+
+    text = model_config("qwen3.5-35b-a3b", num_layers=8)["text_config"]
+    assert (text["hidden_size"], text["num_experts"], text["num_experts_per_tok"]) == (2048, 256, 8)
+    assert (text["moe_intermediate_size"], text["shared_expert_intermediate_size"], text["vocab_size"]) == (512, 512, 248320)
+    assert (text["num_attention_heads"], text["num_key_value_heads"], text["head_dim"]) == (16, 2, 256)
+    assert (text["linear_num_key_heads"], text["linear_num_value_heads"], text["linear_key_head_dim"]) == (16, 32, 128)
+    assert text["layer_types"] == ["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + ["full_attention"]
+    assert text["rope_parameters"]["mrope_section"] == [11, 11, 10]
+    tp4 = model_config("qwen3.5-397b-a17b-tp4")["text_config"]
+    assert (tp4["hidden_size"], tp4["num_experts"], tp4["moe_intermediate_size"], tp4["num_hidden_layers"]) == (4096, 512, 256, 60)
+    with pytest.raises(ValueError, match="valid shapes: tiny, qwen3.5-35b-a3b, qwen3.5-397b-a17b-tp4"):
+        write_fixture(tmp_path / "x", "bf16", shape="qwen3.5-1t")
