@@ -100,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-path", type=Path, help="ShareGPT JSON for --dataset random (default: bench_serving downloads it)")
     p.add_argument("--tokenizer", help="tokenizer path for bench_serving (default: the recipe's checkpoint or fixture)")
     p.add_argument("--seed", type=int, default=1, help="bench_serving's prompt sampling seed")
+    p.add_argument("--timeout", type=float, default=1800,
+                   help="seconds one bench_serving run (one point) may take before it is stopped and reported (default 1800)")
 
     p = sub.add_parser("chat", help="chat with the server (OpenAI SDK, streaming)")
     _server_options(p)

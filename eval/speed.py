@@ -1,15 +1,24 @@
-"""Serving throughput over a concurrency sweep with SGLang's own benchmark (`python -m sglang.bench_serving`),
-for the two shapes of card 003, optionally against a baseline recipe's server measured in the same run.
+"""Serving throughput over a concurrency sweep with SGLang's own benchmark, bench_serving (`python -m
+sglang.benchmark.serving`; 0.5.17 keeps `sglang.bench_serving` only as a deprecated alias), for the two
+shapes of card 003, optionally against a baseline recipe's server measured in the same run.
 
 Each (shape, concurrency) point runs bench_serving once per server, quantized then baseline, so slow drift
 of the machine touches both alike. bench_serving appends one JSON record per run to --output-file; we read
 request_throughput and output_throughput (output tokens/s) from it.
+
+bench_serving waits up to 6 hours for a request (a constant in 0.5.17, no option), so each run gets a
+deadline (--timeout): a point that does not finish, fails, or completes fewer requests than it sent ends
+the sweep with what was measured so far written out and the point named, instead of a hung sweep.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
+import multiprocessing.context
+import runpy
 import subprocess
 import sys
 from collections.abc import Callable
@@ -50,7 +59,16 @@ class Point:
     completed: int
 
 
-Runner = Callable[[list[str]], int]
+@dataclass(frozen=True)
+class Failure:
+    server: str
+    shape: str
+    concurrency: int
+    reason: str
+
+
+# (command, seconds allowed) -> exit code; raises subprocess.TimeoutExpired past the deadline
+Runner = Callable[[list[str], float], int]
 
 
 def tokenizer_for(target: Target) -> str | None:
@@ -66,11 +84,15 @@ def tokenizer_for(target: Target) -> str | None:
 
 
 def bench_command(target: Target, shape: Shape, concurrency: int, output_file: Path, args: argparse.Namespace) -> list[str]:
+    tokenizer = args.tokenizer or tokenizer_for(target)
     command = [
-        sys.executable, "-m", "sglang.bench_serving",
+        sys.executable, "-m", "sglang.benchmark.serving",
         "--backend", args.backend,
         "--base-url", target.base_url,
-        "--model", target.model,
+        # bench_serving loads --model with AutoTokenizer only to warn about a missing chat template; given
+        # the served name, that is a hub lookup which, on a host without network, retries for ~45 s per
+        # run. A local tokenizer answers at once; requests still carry the served name.
+        "--model", tokenizer or target.model,
         "--served-model-name", target.model,
         "--dataset-name", args.dataset,
         "--random-input-len", str(shape.input_len),
@@ -82,7 +104,6 @@ def bench_command(target: Target, shape: Shape, concurrency: int, output_file: P
         "--seed", str(args.seed),
         "--output-file", str(output_file),
     ]  # fmt: skip
-    tokenizer = args.tokenizer or tokenizer_for(target)
     if tokenizer:
         command += ["--tokenizer", tokenizer]
     if args.dataset_path:
@@ -169,42 +190,106 @@ def plot(shape: str, points: list[Point], labels: dict[str, str], path: Path) ->
     plt.close(fig)
 
 
-def run_subprocess(command: list[str]) -> int:
-    return subprocess.run(command).returncode
+@functools.cache
+def _fork_server(module: str) -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([module])
+    return context
 
 
-def main(args: argparse.Namespace, target: Target, runner: Runner = run_subprocess) -> int:
+def _run_module(module: str, argv: list[str]) -> None:
+    # The preloaded copy was there for its imports; run a fresh one as __main__, as `python -m` would.
+    sys.modules.pop(module, None)
+    sys.argv = [module, *argv]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def run_module(command: list[str], timeout_s: float) -> int:
+    """`python -m MODULE ARGS...` as a child of a fork server that imported MODULE once.
+
+    bench_serving imports most of SGLang (about 30 s per process on the H100 host, more than a point of
+    the tiny model takes); forked from a server that holds those imports, every point still runs in a
+    process of its own, which the deadline can kill, and starts in about a second.
+    """
+    _python, _m, module, *argv = command
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # the child writes to the same descriptors; keep the order of lines
+    process = _fork_server(module).Process(target=_run_module, args=(module, argv))
+    process.start()
+    process.join(timeout_s)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        raise subprocess.TimeoutExpired(command, timeout_s)
+    return process.exitcode
+
+
+def measure(runner: Runner, command: list[str], output_file: Path, server_label: str, shape: Shape, concurrency: int,
+            timeout_s: float) -> Point | Failure:
+    """One bench_serving run; a Failure says why it yields no trustworthy point."""
+    try:
+        returncode = runner(command, timeout_s)
+    except subprocess.TimeoutExpired:
+        return Failure(server_label, shape.name, concurrency, f"did not finish within {timeout_s:g} s (--timeout); stopped")
+    if returncode != 0:
+        return Failure(server_label, shape.name, concurrency, f"bench_serving exited with code {returncode}")
+    try:
+        point = read_point(output_file, server_label, shape.name, concurrency)
+    except LaunchError as error:
+        return Failure(server_label, shape.name, concurrency, str(error))
+    sent = PROMPTS_PER_CONCURRENCY * concurrency
+    if point.completed != sent:
+        return Failure(server_label, shape.name, concurrency, f"{point.completed} of {sent} requests completed")
+    return point
+
+
+def server_labels(targets: dict[str, Target]) -> dict[str, str]:
+    """Recipe names, or URLs; the same recipe on two ports is told apart by its address."""
+    names = {k: (t.recipe.name if t.recipe else t.base_url) for k, t in targets.items()}
+    if len(set(names.values())) < len(names):
+        names = {k: f"{name} @ {targets[k].base_url.split('://')[-1]}" for k, name in names.items()}
+    return names
+
+
+def main(args: argparse.Namespace, target: Target, runner: Runner = run_module) -> int:
     targets = {"quantized": target}
     if args.baseline_recipe or args.baseline_base_url:
         targets["baseline"] = server.resolve(args.baseline_recipe, args.baseline_base_url, args.baseline_model)
-    labels = {k: (t.recipe.name if t.recipe else t.base_url) for k, t in targets.items()}
+    labels = server_labels(targets)
     if len({t.base_url for t in targets.values()}) < len(targets):
         raise LaunchError("the baseline is the same server as the one measured", hint="start the baseline on another port (`--set port=30001`)")
     for t in targets.values():
         server.check(t)
     out_dir: Path = args.output
     points: list[Point] = []
-    for shape in SHAPES:
+    failure: Failure | None = None
+    for shape, c, server_label in ((s, c, k) for s in SHAPES for c in args.concurrency for k in targets):
         (out_dir / shape.name).mkdir(parents=True, exist_ok=True)
-        for c in args.concurrency:
-            for server_label, t in targets.items():
-                output_file = out_dir / shape.name / f"{server_label}-c{c}.jsonl"
-                command = bench_command(t, shape, c, output_file, args)
-                console.print(f"[bold]{shape.name} c={c} {labels[server_label]}[/]: {' '.join(command)}")
-                if runner(command) != 0:
-                    raise LaunchError(f"bench_serving failed for {labels[server_label]} at {shape.name} c={c}",
-                                      hint="its output above says why; points measured so far are in " + str(out_dir))
-                points.append(read_point(output_file, server_label, shape.name, c))
+        output_file = out_dir / shape.name / f"{server_label}-c{c}.jsonl"
+        command = bench_command(targets[server_label], shape, c, output_file, args)
+        console.print(f"[bold]{shape.name} c={c} {labels[server_label]}[/]: {' '.join(command)}")
+        result = measure(runner, command, output_file, server_label, shape, c, args.timeout)
+        if isinstance(result, Failure):
+            failure = result
+            break
+        points.append(result)
     document = {
         "servers": {k: {"label": labels[k], "base_url": t.base_url, "model": t.model} for k, t in targets.items()},
         "shapes": [asdict(s) for s in SHAPES],
         "prompts_per_concurrency": PROMPTS_PER_CONCURRENCY,
         "points": [asdict(p) for p in points],
         "ratios": [{"shape": s, "concurrency": c, **r} for (s, c), r in ratios(points).items()],
+        "failure": asdict(failure) if failure else None,
     }
     (out_dir / "speed.json").write_text(json.dumps(document, indent=2) + "\n")
     for shape in SHAPES:
-        console.print(shape_table(shape.name, points, labels))
-        plot(shape.name, points, labels, out_dir / f"{shape.name}.png")
-    console.print(f"results: {out_dir / 'speed.json'} and one PNG per shape in {out_dir}")
+        if any(p.shape == shape.name for p in points):
+            console.print(shape_table(shape.name, points, labels))
+            plot(shape.name, points, labels, out_dir / f"{shape.name}.png")
+    console.print(f"results: {out_dir / 'speed.json'} and one PNG per measured shape in {out_dir}")
+    if failure:
+        raise LaunchError(
+            f"{labels[failure.server]} at {failure.shape} c={failure.concurrency}: {failure.reason}; the sweep stopped there",
+            hint=f"bench_serving's output above and the server log say why; the points before it are in {out_dir / 'speed.json'}",
+        )
     return 0

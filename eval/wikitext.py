@@ -4,8 +4,8 @@ lm-eval's task is document level: each article is detokenized, cut into rolling 
 context (lm_eval.utils.get_rolling_token_windows, a prefix token before the first window, one token of
 context carried over), and every token's log-probability is summed per document. word_perplexity is
 exp(-Σ logprob / Σ words), words counted in the original article as lm-eval does. We do the same against
-SGLang's native API: /tokenize for token ids and the context length, and /generate with return_logprob,
-logprob_start_len 0 and max_new_tokens 0 for the prompt's per-token log-probabilities.
+SGLang's native API: /tokenize for token ids, /v1/models for the context length, and /generate with
+return_logprob, logprob_start_len 0 and max_new_tokens 0 for the prompt's per-token log-probabilities.
 """
 
 from __future__ import annotations
@@ -64,9 +64,31 @@ def load_articles(data_dir: Path | None) -> list[str]:
     return split_articles(path.read_text())
 
 
-def tokenize(target: Target, text: str) -> tuple[list[int], int]:
-    reply = server.get_json(f"{target.base_url}/tokenize", {"model": target.model, "prompt": text, "add_special_tokens": False})
-    return reply["tokens"], reply["max_model_len"]
+def tokenize(target: Target, text: str) -> list[int]:
+    return server.get_json(f"{target.base_url}/tokenize", {"model": target.model, "prompt": text, "add_special_tokens": False})["tokens"]
+
+
+def context_length(target: Target) -> int:
+    """The server's context length. SGLang lists it as max_model_len in /v1/models; /tokenize's
+    max_model_len is the tokenizer's model_max_length, which can exceed a --context-length the server runs
+    with (the tiny fixture: 32768 vs 8192), so it is only the answer for servers that list none."""
+    listing = server.get_json(f"{target.base_url}/v1/models")
+    listed = next((m.get("max_model_len") for m in listing.get("data", []) if m.get("id") == target.model), None)
+    if listed:
+        return listed
+    return server.get_json(f"{target.base_url}/tokenize", {"model": target.model, "prompt": "", "add_special_tokens": False})["max_model_len"]
+
+
+def longest_prompt(target: Target) -> int:
+    """The most tokens one /generate prompt may hold: one less than SGLang's `max_req_input_len` from
+    /server_info (its context minus a few reserved tokens: 8186 of 8192; the scheduler refuses a prompt of
+    that length or more), else one less than the context length."""
+    try:
+        info = server.get_json(f"{target.base_url}/server_info")
+    except LaunchError:  # not SGLang, or an SGLang without the endpoint
+        info = {}
+    limit = info.get("max_req_input_len") or context_length(target)
+    return limit - 1
 
 
 def window_loglikelihood(target: Target, context: list[int], continuation: list[int]) -> float:
@@ -81,7 +103,7 @@ def window_loglikelihood(target: Target, context: list[int], continuation: list[
 
 
 def score_document(target: Target, page: str, prefix_token: int, max_seq_len: int) -> DocumentScore:
-    tokens, _ = tokenize(target, wikitext_detokenizer({"page": page}))
+    tokens = tokenize(target, wikitext_detokenizer({"page": page}))
     windows = map(make_disjoint_window, get_rolling_token_windows(tokens, prefix_token, max_seq_len, 1))
     loglikelihood = sum(window_loglikelihood(target, ctx, cont) for ctx, cont in windows)
     # words and bytes of the article before detokenization, as lm-eval's process_results counts them
@@ -101,11 +123,13 @@ def perplexities(scores: list[DocumentScore]) -> dict[str, Metric]:
 def main(args: argparse.Namespace, target: Target) -> int:
     articles = load_articles(args.data_dir)[: args.limit]
     server.check(target)
-    prefix_ids, max_model_len = tokenize(target, args.prefix_token)
+    prefix_ids = tokenize(target, args.prefix_token)
+    max_model_len = context_length(target)
+    max_prompt = longest_prompt(target)
     if len(prefix_ids) != 1:
         raise LaunchError(f"--prefix-token {args.prefix_token!r} is {len(prefix_ids)} tokens, not one", hint="pass the tokenizer's EOS or BOS")
-    # A window is sent whole (context + continuation) and SGLang needs the prompt shorter than its context.
-    max_seq_len = max_model_len - 2
+    # A window is sent whole: max_seq_len scored tokens plus the one token of context before them.
+    max_seq_len = max_prompt - 1
     concurrency = args.concurrency or (target.recipe.recipe.eval.concurrency if target.recipe else 8)
     with ThreadPoolExecutor(concurrency) as pool:
         jobs = pool.map(lambda page: score_document(target, page, prefix_ids[0], max_seq_len), articles)

@@ -18,3 +18,15 @@ def recipes_dir(tmp_path: Path) -> Path:
 
 def all_recipe_names() -> list[str]:
     return list(recipe_paths())
+
+
+@pytest.fixture(scope="session")
+def fixtures_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint in every fixture format (seed 0), written once per session; tests only read it
+    (a test that corrupts one copies it first)."""
+    from sglang_ext.fixtures import FORMATS, write_fixture
+
+    root = tmp_path_factory.mktemp("fixtures")
+    for fmt in FORMATS:
+        write_fixture(root / fmt, fmt, seed=0)
+    return root

@@ -35,6 +35,7 @@ class OpenAIDouble:
     # /generate and /tokenize: a whitespace tokenizer whose vocabulary grows as words arrive, and a fixed
     # logprob per token id, so a test can compute the expected perplexity by hand.
     max_model_len: int = 4096
+    max_req_input_len: int | None = None  # SGLang's /server_info field; None: no such endpoint
     logprob_of: Callable[[int], float] = lambda token_id: -1.0
     chat_bodies: list[dict[str, Any]] = field(default_factory=list)
     generate_bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -129,6 +130,8 @@ class OpenAIDouble:
                 if self.path == "/v1/models":
                     models = {"object": "list", "data": [{"id": double.model, "object": "model", "owned_by": "sglang"}]}
                     self._send(200, json.dumps(models).encode())
+                elif self.path == "/server_info" and double.max_req_input_len:
+                    self._send(200, json.dumps({"max_req_input_len": double.max_req_input_len}).encode())
                 else:
                     self._send(404, b'{"detail": "Not Found"}')
 

@@ -34,5 +34,10 @@ def test_scorer_on_a_perfect_and_a_wrong_server(tmp_path: Path) -> None:
     conformance._score(wrong, model, lengths, "cpu")
     assert wrong.max_abs_logprob_error > 0.5 and wrong.greedy_agreement == 0.75
 
-    pair = conformance.compare_fse(perfect, wrong)
-    assert pair["identical_sequences"] == 0 and abs(pair["max_abs_logprob_diff"] - 0.5) < 1e-6
+    perfect.top2_gaps = [[1.0] * 4 for _ in prompts]  # decisive everywhere: parting is unexplained
+    wrong.top2_gaps = [[1.0, 1.0, 1.0, 0.05] for _ in prompts]  # ... unless the last token was a near-tie
+    pair = conformance.compare_fse(perfect, wrong, lengths)
+    assert pair["identical_sequences"] == 0 and pair["unexplained_divergences"] == 0
+    assert abs(pair["max_abs_prompt_logprob_diff"] - 0.5) < 1e-6
+    wrong.top2_gaps = [[1.0] * 4 for _ in prompts]
+    assert conformance.compare_fse(perfect, wrong, lengths)["unexplained_divergences"] == 2

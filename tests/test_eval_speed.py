@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip insta
 from eval import speed  # noqa: E402
 from eval.__main__ import main, parser  # noqa: E402
 from eval.server import resolve  # noqa: E402
+from launch.errors import LaunchError  # noqa: E402
 from openai_double import OpenAIDouble  # noqa: E402
 
 
@@ -49,13 +53,15 @@ def test_command_follows_card_003(tmp_path: Path):
     args = parser().parse_args(["speed", "--recipe", "tiny-bf16", "--tokenizer", "/models/tok", "--concurrency", "1,8"])
     target = resolve("tiny-bf16", "http://127.0.0.1:30000")
     command = speed.bench_command(target, speed.SHAPES[0], 8, tmp_path / "o.jsonl", args)
-    assert command[1:3] == ["-m", "sglang.bench_serving"]
+    assert command[1:3] == ["-m", "sglang.benchmark.serving"]
     opts = dict(zip(command[3::2], command[4::2]))
     assert opts["--backend"] == "sglang-oai" and opts["--dataset-name"] == "random"
     assert (opts["--random-input-len"], opts["--random-output-len"]) == ("4000", "200")
     assert (opts["--num-prompts"], opts["--max-concurrency"]) == ("24", "8")
     assert opts["--random-range-ratio"] == "1.0" and opts["--tokenizer"] == "/models/tok"
-    assert opts["--model"] == "tiny-qwen3.5-moe" and opts["--base-url"] == "http://127.0.0.1:30000"
+    # --model only feeds bench_serving's chat-template check: the local tokenizer, not a hub lookup
+    assert opts["--model"] == "/models/tok" and opts["--served-model-name"] == "tiny-qwen3.5-moe"
+    assert opts["--base-url"] == "http://127.0.0.1:30000"
     assert "--disable-ignore-eos" not in command  # EOS ignored: every request decodes its full length
     assert [(s.input_len, s.output_len) for s in speed.SHAPES] == [(4000, 200), (512, 128)]
 
@@ -64,7 +70,7 @@ def test_sweep_against_a_baseline_writes_table_json_and_plots(tmp_path: Path, ca
     quantized_speedup = {1: 1.5, 2: 1.25}
     commands = []
 
-    def fake_bench(command: list[str]) -> int:
+    def fake_bench(command: list[str], timeout_s: float) -> int:
         commands.append(command)
         opts = dict(zip(command[3::2], command[4::2]))
         c = int(opts["--max-concurrency"])
@@ -90,6 +96,83 @@ def test_sweep_against_a_baseline_writes_table_json_and_plots(tmp_path: Path, ca
         assert (tmp_path / f"{shape.name}.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "1.500" in out and "1.250" in out
+
+
+def test_command_without_a_local_tokenizer_names_the_served_model(tmp_path: Path):
+    args = parser().parse_args(["speed", "--base-url", "http://h:1", "--model", "Qwen/Qwen3.5-35B-A3B"])
+    command = speed.bench_command(resolve(None, args.base_url, args.model), speed.SHAPES[1], 2, tmp_path / "o.jsonl", args)
+    opts = dict(zip(command[3::2], command[4::2]))
+    assert opts["--model"] == opts["--served-model-name"] == "Qwen/Qwen3.5-35B-A3B" and "--tokenizer" not in opts
+
+
+def _failed_sweep(tmp_path: Path, fake_bench, concurrency: str = "1,2,4") -> tuple[str, dict]:
+    """Run a sweep that must fail; returns the error's text and speed.json."""
+    with OpenAIDouble(lambda m: "") as double:
+        args = parser().parse_args(["speed", "--base-url", double.base_url, "--model", "tiny-qwen3.5-moe", "--tokenizer", "/tok",
+                                    "--concurrency", concurrency, "--timeout", "7", "--output", str(tmp_path)])  # fmt: skip
+        with pytest.raises(LaunchError) as error:
+            speed.main(args, resolve(None, args.base_url, args.model), runner=fake_bench)
+    return str(error.value), json.loads((tmp_path / "speed.json").read_text())
+
+
+def _write_record(command: list[str], completed_of_sent: float = 1.0) -> int:
+    opts = dict(zip(command[3::2], command[4::2]))
+    c = int(opts["--max-concurrency"])
+    record = bench_record(c, float(c), 100.0 * c) | {"completed": int(3 * c * completed_of_sent)}
+    Path(opts["--output-file"]).write_text(json.dumps(record) + "\n")
+    return 0
+
+
+def test_a_point_past_its_deadline_is_reported_and_ends_the_sweep(tmp_path: Path):
+    deadlines = []
+
+    def fake_bench(command: list[str], timeout_s: float) -> int:
+        deadlines.append(timeout_s)
+        if command[command.index("--max-concurrency") + 1] == "2":
+            raise subprocess.TimeoutExpired(command, timeout_s)
+        return _write_record(command)
+
+    error, doc = _failed_sweep(tmp_path, fake_bench)
+    assert deadlines == [7.0, 7.0]  # c=4 and the second shape are not attempted
+    assert [(p["shape"], p["concurrency"]) for p in doc["points"]] == [("in4000-out200", 1)]
+    assert doc["failure"] == {"server": "quantized", "shape": "in4000-out200", "concurrency": 2,
+                              "reason": "did not finish within 7 s (--timeout); stopped"}  # fmt: skip
+    assert (tmp_path / "in4000-out200.png").exists() and not (tmp_path / "in512-out128.png").exists()
+    assert "in4000-out200 c=2" in error and "did not finish within 7 s" in error
+
+
+def test_a_point_with_failed_requests_is_not_counted(tmp_path: Path):
+    def fake_bench(command: list[str], timeout_s: float) -> int:
+        return _write_record(command, completed_of_sent=0.5 if "in512" in command[command.index("--output-file") + 1] else 1.0)
+
+    error, doc = _failed_sweep(tmp_path, fake_bench, concurrency="2")
+    assert [p["shape"] for p in doc["points"]] == ["in4000-out200"]
+    assert doc["failure"]["reason"] == "3 of 6 requests completed" and "in512-out128 c=2: 3 of 6 requests" in error
+
+
+def test_a_failing_bench_serving_is_reported_with_its_exit_code(tmp_path: Path):
+    error, doc = _failed_sweep(tmp_path, lambda command, timeout_s: 2)
+    assert doc["points"] == [] and doc["failure"]["reason"] == "bench_serving exited with code 2" and "code 2" in error
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_points_run_as_processes_that_the_deadline_stops(tmp_path: Path, monkeypatch):
+    (tmp_path / "point_stub.py").write_text(
+        "import sys, time\nif sys.argv[1] == 'sleep':\n    time.sleep(60)\nsys.exit(int(sys.argv[2]))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert speed.run_module([sys.executable, "-m", "point_stub", "exit", "3"], 60) == 3
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        speed.run_module([sys.executable, "-m", "point_stub", "sleep", "0"], 1.0)
+    assert time.monotonic() - started < 10
+
+
+def test_the_same_recipe_on_two_ports_gets_two_labels():
+    targets = {"quantized": resolve("tiny-bf16", "http://127.0.0.1:30000"), "baseline": resolve("tiny-bf16", "http://127.0.0.1:30001")}
+    assert speed.server_labels(targets) == {"quantized": "tiny-bf16 @ 127.0.0.1:30000", "baseline": "tiny-bf16 @ 127.0.0.1:30001"}
+    targets["baseline"] = resolve("qwen3.6-35b-bf16-h100", "http://127.0.0.1:30001")
+    assert speed.server_labels(targets) == {"quantized": "tiny-bf16", "baseline": "qwen3.6-35b-bf16-h100"}
 
 
 def test_same_server_as_baseline_is_refused(tmp_path: Path, capsys):

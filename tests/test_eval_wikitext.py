@@ -61,6 +61,27 @@ def test_perplexity_equals_the_hand_computation(tmp_path: Path):
     assert doc["config"]["documents"] == 2 and doc["config"]["window_tokens"] == 6
 
 
+def test_windows_fit_the_servers_context_not_the_tokenizers(tmp_path: Path, monkeypatch):
+    """SGLang's /tokenize reports the tokenizer's model_max_length; the server's --context-length, which a
+    window must fit, is the max_model_len that /v1/models lists."""
+    (tmp_path / "wiki.test.raw").write_text(RAW)
+    get_json = wikitext.server.get_json
+
+    def models_list_a_context_of_8(url: str, body=None, timeout: float = 30):
+        reply = get_json(url, body, timeout)
+        if url.endswith("/v1/models"):
+            reply["data"][0]["max_model_len"] = 8
+        return reply
+
+    monkeypatch.setattr(wikitext.server, "get_json", models_list_a_context_of_8)
+    with OpenAIDouble(lambda m: "", max_model_len=4096) as double:
+        rc = main(["wikitext", "--base-url", double.base_url, "--model", double.model, "--data-dir", str(tmp_path),
+                   "--output", str(tmp_path / "out"), "--concurrency", "1"])  # fmt: skip
+    assert rc == 0
+    assert max(len(b["input_ids"]) for b in double.generate_bodies) == 7
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["server_context_length"] == 8
+
+
 def test_missing_raw_file_is_a_clear_error(tmp_path: Path, capsys):
     assert main(["wikitext", "--recipe", "tiny-bf16", "--data-dir", str(tmp_path)]) == 1
     assert "wiki.test.raw" in capsys.readouterr().err
@@ -74,3 +95,14 @@ def test_verdict_against_the_card(tmp_path: Path):
     assert judge(recipe, "wikitext2", {"word_perplexity": Metric(6.17)}).status == "pass"
     outside = judge(recipe, "wikitext2", {"word_perplexity": Metric(6.3)})
     assert outside.status == "fail" and outside.exit_code == 3 and "OUTSIDE" in outside.text
+
+
+def test_windows_fit_sglangs_longest_prompt(tmp_path: Path):
+    """SGLang keeps a few tokens of its context back (8192 -> max_req_input_len 8186, /server_info) and
+    refuses prompts of that length or more: windows of 8191 and then 8186 tokens got HTTP 400 on the H100."""
+    (tmp_path / "wiki.test.raw").write_text(RAW)
+    with OpenAIDouble(lambda m: "", max_model_len=8, max_req_input_len=6) as double:
+        rc = main(["wikitext", "--base-url", double.base_url, "--model", double.model, "--data-dir", str(tmp_path),
+                   "--output", str(tmp_path / "out"), "--concurrency", "1"])  # fmt: skip
+    assert rc == 0
+    assert max(len(b["input_ids"]) for b in double.generate_bodies) == 5

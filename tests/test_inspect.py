@@ -20,14 +20,6 @@ L0 = "model.language_model.layers.0"
 Tensors = dict[str, torch.Tensor]
 
 
-@pytest.fixture(scope="module")
-def fixtures_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fixtures")
-    for fmt in FORMATS:
-        write_fixture(root / fmt, fmt, seed=0)
-    return root
-
-
 def corrupt(
     source: Path,
     target: Path,
@@ -267,18 +259,18 @@ def test_a_397b_sized_checkpoint_is_checked_from_headers(fixtures_root: Path, tm
     scheme, quant_config = detect_scheme(config)
     expected = expected_tensors(config, scheme, quant_config)
     assert len(expected) > 180_000
-    root = tmp_path / "q397"
-    root.mkdir()
-    (root / "config.json").write_text(json.dumps(config))
+    fixtures_root = tmp_path / "q397"
+    fixtures_root.mkdir()
+    (fixtures_root / "config.json").write_text(json.dumps(config))
     shards = [expected[i::8] for i in range(8)]
     weight_map = {}
     for index, shard in enumerate(shards):
         name = f"model-{index + 1:05d}-of-00008.safetensors"
-        write_header_only(root / name, {e.name: (e.dtypes[0], list(e.shape)) for e in shard})
+        write_header_only(fixtures_root / name, {e.name: (e.dtypes[0], list(e.shape)) for e in shard})
         weight_map.update({e.name: name for e in shard})
-    (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (fixtures_root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
-    report = check_checkpoint(root)
+    report = check_checkpoint(fixtures_root)
     assert report.ok, report.problems[:3]
     assert report.tensors == len(expected)
     assert report.quantized == {"routed experts": 60 * 512 * 3, "shared expert": 60 * 3}

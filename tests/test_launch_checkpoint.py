@@ -13,38 +13,30 @@ from sglang_ext.fixtures import write_fixture
 from tests.conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ckpt")
-    for fmt in ("bf16", "ct-mxfp4", "quark-mxfp4-fse"):
-        write_fixture(root / fmt, fmt)
-    return root
-
-
 def launch_dry_run(path: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "launch", "tiny-bf16", "--dry-run", "--set", f"model.path={path}",
                "--set", "model.fixture=null"]  # fmt: skip
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def test_a_matching_checkpoint_is_reported_and_served(root: Path) -> None:
-    done = launch_dry_run(root / "bf16")
+def test_a_matching_checkpoint_is_reported_and_served(fixtures_root: Path) -> None:
+    done = launch_dry_run(fixtures_root / "bf16")
     assert done.returncode == 0, done.stderr
-    assert f"checkpoint: {root / 'bf16'} matches its config.json (bf16)" in done.stderr
-    assert f"--model-path {root / 'bf16'}" in done.stdout
+    assert f"checkpoint: {fixtures_root / 'bf16'} matches its config.json (bf16)" in done.stderr
+    assert f"--model-path {fixtures_root / 'bf16'}" in done.stdout
 
 
-def test_a_checkpoint_of_another_format_is_refused(root: Path) -> None:
-    done = launch_dry_run(root / "ct-mxfp4")
+def test_a_checkpoint_of_another_format_is_refused(fixtures_root: Path) -> None:
+    done = launch_dry_run(fixtures_root / "ct-mxfp4")
     assert done.returncode == 1
-    assert f"recipe tiny-bf16 says checkpoint_format bf16, but {root / 'ct-mxfp4'} is ct-mxfp4" in done.stderr
+    assert f"recipe tiny-bf16 says checkpoint_format bf16, but {fixtures_root / 'ct-mxfp4'} is ct-mxfp4" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_a_broken_checkpoint_lists_its_problems(root: Path, tmp_path: Path) -> None:
+def test_a_broken_checkpoint_lists_its_problems(fixtures_root: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    for path in (root / "bf16").iterdir():
+    for path in (fixtures_root / "bf16").iterdir():
         (broken / path.name).write_bytes(path.read_bytes())
     config = json.loads((broken / "config.json").read_text())
     config["text_config"]["num_experts"] = 16
@@ -56,15 +48,15 @@ def test_a_broken_checkpoint_lists_its_problems(root: Path, tmp_path: Path) -> N
     assert f"python -m sglang_ext.inspect {broken}` prints the full report" in message
 
 
-def test_fse_recipe_refuses_a_checkpoint_without_a_quantized_shared_expert(root: Path, tmp_path: Path) -> None:
+def test_fse_recipe_refuses_a_checkpoint_without_a_quantized_shared_expert(fixtures_root: Path, tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    for path in (root / "quark-mxfp4-fse").iterdir():
+    for path in (fixtures_root / "quark-mxfp4-fse").iterdir():
         (plain / path.name).write_bytes(path.read_bytes())
     # Unquantized shared expert = the config excludes it and the weights are BF16: rewrite both.
     from safetensors.torch import load_file, save_file
 
-    bf16 = load_file(str(root / "bf16" / "model.safetensors"))
+    bf16 = load_file(str(fixtures_root / "bf16" / "model.safetensors"))
     tensors = {k: v for k, v in load_file(str(plain / "model.safetensors")).items() if ".mlp.shared_expert." not in k or k.startswith("mtp.")}
     shared = {k: v for k, v in bf16.items() if ".mlp.shared_expert." in k and not k.startswith("mtp.")}
     save_file({**tensors, **shared}, str(plain / "model.safetensors"))
@@ -76,7 +68,7 @@ def test_fse_recipe_refuses_a_checkpoint_without_a_quantized_shared_expert(root:
         check_local_checkpoint(str(plain), "quark-mxfp4-fse", "qwen3.5-397b-mxfp4-fse-mi355x")
 
 
-def test_hub_ids_and_fp8_are_not_checked(root: Path) -> None:
+def test_hub_ids_and_fp8_are_not_checked(fixtures_root: Path) -> None:
     assert check_local_checkpoint("amd/Qwen3.5-397B-A17B-MoE-MXFP4", "quark-mxfp4-fse", "x") is False
-    assert check_local_checkpoint(str(root / "bf16"), "fp8", "x") is False
-    assert check_local_checkpoint(str(root / "bf16"), "bf16", "x") is True
+    assert check_local_checkpoint(str(fixtures_root / "bf16"), "fp8", "x") is False
+    assert check_local_checkpoint(str(fixtures_root / "bf16"), "bf16", "x") is True

@@ -22,14 +22,6 @@ QUANTIZED = FORMATS[1:]
 L0 = "model.language_model.layers.0"
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fixtures")
-    for fmt in FORMATS:
-        write_fixture(root / fmt, fmt, seed=0)
-    return root
-
-
 def config_of(path: Path) -> dict:
     return json.loads((path / "config.json").read_text())
 
@@ -39,41 +31,41 @@ def test_formats() -> None:
 
 
 @pytest.mark.parametrize("fmt", QUANTIZED)
-def test_same_seed_same_bytes(root: Path, fmt: str, tmp_path: Path) -> None:
+def test_same_seed_same_bytes(fixtures_root: Path, fmt: str, tmp_path: Path) -> None:
     again = write_fixture(tmp_path / fmt, fmt, seed=0)
     for name in ("model.safetensors", "config.json"):
-        assert (again / name).read_bytes() == (root / fmt / name).read_bytes(), name
+        assert (again / name).read_bytes() == (fixtures_root / fmt / name).read_bytes(), name
 
 
-def test_quark_mxfp4_block_is_what_quark_writes(root: Path) -> None:
+def test_quark_mxfp4_block_is_what_quark_writes(fixtures_root: Path) -> None:
     from quark.torch import LLMTemplate
 
     template = LLMTemplate(model_type="qwen3_5_moe_fixture", kv_layers_name=["*k_proj", "*v_proj"], q_layer_name="*q_proj")
     LLMTemplate.register_template(template)
     exclude = ["lm_head"]
     quark = LLMTemplate.get("qwen3_5_moe_fixture").get_config(scheme="mxfp4", exclude_layers=exclude).to_dict()
-    ours = config_of(root / "quark-mxfp4-fse")["quantization_config"]
+    ours = config_of(fixtures_root / "quark-mxfp4-fse")["quantization_config"]
     assert ours["global_quant_config"] == quark["global_quant_config"]
     assert {k: v for k, v in ours.items() if k not in ("exclude", "version", "export")} == {
         k: v for k, v in quark.items() if k not in ("exclude", "version")
     }
 
 
-def test_quark_int8_block_is_what_quark_writes(root: Path) -> None:
+def test_quark_int8_block_is_what_quark_writes(fixtures_root: Path) -> None:
     from quark.torch.quantization.config.config import Config, Int8PerChannelSpec, QLayerConfig
 
     def spec(is_dynamic: bool):  # type: ignore[no-untyped-def]
         return Int8PerChannelSpec(ch_axis=0, symmetric=True, is_dynamic=is_dynamic).to_quantization_spec()
 
     quark = Config(global_quant_config=QLayerConfig(weight=spec(False), input_tensors=spec(True))).to_dict()
-    ours = config_of(root / "quark-w8a8-int8")["quantization_config"]
+    ours = config_of(fixtures_root / "quark-w8a8-int8")["quantization_config"]
     assert ours["global_quant_config"] == quark["global_quant_config"]
 
 
-def test_compressed_tensors_block_is_what_compressed_tensors_writes(root: Path) -> None:
+def test_compressed_tensors_block_is_what_compressed_tensors_writes(fixtures_root: Path) -> None:
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, preset_name_to_scheme
 
-    ours = config_of(root / "ct-mxfp4")["quantization_config"]
+    ours = config_of(fixtures_root / "ct-mxfp4")["quantization_config"]
     theirs = QuantizationConfig(
         config_groups={"group_0": preset_name_to_scheme("MXFP4A16", ["Linear"])},
         format="mxfp4-pack-quantized",
@@ -84,17 +76,17 @@ def test_compressed_tensors_block_is_what_compressed_tensors_writes(root: Path) 
     assert QuantizationConfig.model_validate(ours).format == "mxfp4-pack-quantized"
 
 
-def test_modelopt_writes_both_config_files(root: Path) -> None:
-    block = config_of(root / "modelopt-nvfp4")["quantization_config"]
-    legacy = json.loads((root / "modelopt-nvfp4" / "hf_quant_config.json").read_text())
+def test_modelopt_writes_both_config_files(fixtures_root: Path) -> None:
+    block = config_of(fixtures_root / "modelopt-nvfp4")["quantization_config"]
+    legacy = json.loads((fixtures_root / "modelopt-nvfp4" / "hf_quant_config.json").read_text())
     assert block["quant_algo"] == legacy["quantization"]["quant_algo"] == "NVFP4"
     assert block["ignore"] == legacy["quantization"]["exclude_modules"]
     assert f"{L0}.mlp.shared_expert.gate_proj" in block["ignore"]
     assert not any(".mlp.experts." in module and not module.startswith("mtp.") for module in block["ignore"])
 
 
-def test_nvfp4_gate_and_up_share_the_global_scale(root: Path) -> None:
-    tensors = load_file(str(root / "modelopt-nvfp4" / "model.safetensors"))
+def test_nvfp4_gate_and_up_share_the_global_scale(fixtures_root: Path) -> None:
+    tensors = load_file(str(fixtures_root / "modelopt-nvfp4" / "model.safetensors"))
     for expert in range(8):
         prefix = f"{L0}.mlp.experts.{expert}"
         gate, up = tensors[f"{prefix}.gate_proj.weight_scale_2"], tensors[f"{prefix}.up_proj.weight_scale_2"]
@@ -103,18 +95,18 @@ def test_nvfp4_gate_and_up_share_the_global_scale(root: Path) -> None:
     assert tensors[f"{L0}.mlp.experts.0.down_proj.input_scale"].item() == pytest.approx(8.0 / 2688)
 
 
-def test_ct_uses_the_cards_mse_scale_choice(root: Path) -> None:
-    bf16 = unfuse_experts(load_file(str(root / "bf16" / "model.safetensors")))
-    tensors = load_file(str(root / "ct-mxfp4" / "model.safetensors"))
+def test_ct_uses_the_cards_mse_scale_choice(fixtures_root: Path) -> None:
+    bf16 = unfuse_experts(load_file(str(fixtures_root / "bf16" / "model.safetensors")))
+    tensors = load_file(str(fixtures_root / "ct-mxfp4" / "model.safetensors"))
     name = f"{L0}.mlp.experts.0.gate_proj"
     minmax = mxfp4.quantize(bf16[f"{name}.weight"], mxfp4.Producer.COMPRESSED_TENSORS)[1]
     assert not torch.equal(tensors[f"{name}.weight_scale"], minmax)  # MSE3 moves some block exponents
     assert (tensors[f"{name}.weight_scale"].int() - minmax.int()).abs().max() == 1
 
 
-def test_int8_scales_follow_quark(root: Path) -> None:
-    bf16 = unfuse_experts(load_file(str(root / "bf16" / "model.safetensors")))
-    tensors = load_file(str(root / "quark-w8a8-int8" / "model.safetensors"))
+def test_int8_scales_follow_quark(fixtures_root: Path) -> None:
+    bf16 = unfuse_experts(load_file(str(fixtures_root / "bf16" / "model.safetensors")))
+    tensors = load_file(str(fixtures_root / "quark-w8a8-int8" / "model.safetensors"))
     name = f"{L0}.linear_attn.in_proj_qkv"
     weight = bf16[f"{name}.weight"]
     assert torch.equal(tensors[f"{name}.weight_scale"], (weight.float().abs().amax(-1) / 127.5).to(torch.bfloat16))
@@ -130,9 +122,9 @@ TOLERANCE = {  # per-tensor relative error of the dequantized weights (Frobenius
 
 
 @pytest.mark.parametrize("fmt", QUANTIZED)
-def test_dequantized_weights_are_the_bf16_weights_up_to_quantization(root: Path, fmt: str) -> None:
-    bf16 = load_file(str(root / "bf16" / "model.safetensors"))
-    ours = dequantized_state_dict(root / fmt)
+def test_dequantized_weights_are_the_bf16_weights_up_to_quantization(fixtures_root: Path, fmt: str) -> None:
+    bf16 = load_file(str(fixtures_root / "bf16" / "model.safetensors"))
+    ours = dequantized_state_dict(fixtures_root / fmt)
     assert ours.keys() == bf16.keys()
     changed = 0
     for name, reference in bf16.items():
@@ -160,8 +152,8 @@ def logits(path: Path) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def bf16_logits(root: Path) -> torch.Tensor:
-    return logits(root / "bf16")
+def bf16_logits(fixtures_root: Path) -> torch.Tensor:
+    return logits(fixtures_root / "bf16")
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -169,8 +161,8 @@ def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("fmt", QUANTIZED)
-def test_dequantized_model_matches_bf16_logits(root: Path, fmt: str, bf16_logits: torch.Tensor, tmp_path: Path) -> None:
-    ours = logits(write_dequantized(root / fmt, tmp_path / fmt))
+def test_dequantized_model_matches_bf16_logits(fixtures_root: Path, fmt: str, bf16_logits: torch.Tensor, tmp_path: Path) -> None:
+    ours = logits(write_dequantized(fixtures_root / fmt, tmp_path / fmt))
     error = relative_error(ours, bf16_logits)
     agreement = (ours.argmax(-1) == bf16_logits.argmax(-1)).float().mean().item()
     print(f"{fmt}: logits relative error {error:.3f}, top-1 agreement {agreement:.3f}")
@@ -179,9 +171,9 @@ def test_dequantized_model_matches_bf16_logits(root: Path, fmt: str, bf16_logits
     assert agreement > 0.8
 
 
-def test_a_mismapped_checkpoint_fails_the_logit_bound(root: Path, bf16_logits: torch.Tensor, tmp_path: Path) -> None:
+def test_a_mismapped_checkpoint_fails_the_logit_bound(fixtures_root: Path, bf16_logits: torch.Tensor, tmp_path: Path) -> None:
     """Control: the INT8 fixture with gate and up swapped in every routed expert."""
-    target = write_dequantized(root / "quark-w8a8-int8", tmp_path / "swapped")
+    target = write_dequantized(fixtures_root / "quark-w8a8-int8", tmp_path / "swapped")
     tensors = load_file(str(target / "model.safetensors"))
     for name in [n for n in tensors if n.endswith("experts.gate_up_proj")]:
         gate, up = tensors[name].chunk(2, dim=-2)
@@ -192,10 +184,10 @@ def test_a_mismapped_checkpoint_fails_the_logit_bound(root: Path, bf16_logits: t
     assert relative_error(logits(target), bf16_logits) > 2 * LOGIT_REL_ERROR["quark-w8a8-int8"]
 
 
-def test_reference_experts_forward_is_transformers_own(root: Path) -> None:
+def test_reference_experts_forward_is_transformers_own(fixtures_root: Path) -> None:
     from sglang_ext.formats.reference import _quantized_experts_forward
 
-    model = AutoModelForImageTextToText.from_pretrained(root / "bf16", dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(fixtures_root / "bf16", dtype=torch.float32).eval()
     tokens = torch.randint(0, 3000, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = model(input_ids=tokens).logits
@@ -207,15 +199,15 @@ def test_reference_experts_forward_is_transformers_own(root: Path) -> None:
 
 
 @pytest.mark.parametrize(("fmt", "hooked"), [("quark-mxfp4-fse", 4 + 12), ("quark-w8a8-int8", 4 + 12 + 4 + 15), ("ct-mxfp4", 0)])
-def test_reference_quantizes_the_activations_of_quantized_modules(root: Path, fmt: str, hooked: int, tmp_path: Path) -> None:
+def test_reference_quantizes_the_activations_of_quantized_modules(fixtures_root: Path, fmt: str, hooked: int, tmp_path: Path) -> None:
     from sglang_ext.formats.reference import apply_activation_quantization
 
-    dequantized = write_dequantized(root / fmt, tmp_path / fmt)
+    dequantized = write_dequantized(fixtures_root / fmt, tmp_path / fmt)
     model = AutoModelForImageTextToText.from_pretrained(dequantized, dtype=torch.float32).eval()
     tokens = torch.randint(0, 3000, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         weight_only = model(input_ids=tokens).logits
-        assert apply_activation_quantization(model, root / fmt) == hooked
+        assert apply_activation_quantization(model, fixtures_root / fmt) == hooked
         reference = model(input_ids=tokens).logits
     error = relative_error(reference, weight_only)
     print(f"{fmt}: activation quantization moves the logits by {error:.4f} (relative)")

@@ -29,14 +29,6 @@ FORMATS = ("bf16", "quark-mxfp4-fse", "quark-w8a8-int8", "modelopt-nvfp4", "ct-m
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fixtures")
-    for fmt in FORMATS:
-        write_fixture(root / fmt, fmt, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
 def sglang_cpu():
     """A published default ServerArgs and a one-process gloo group: what SGLang's layers read when built."""
     from sglang.srt.distributed import (
@@ -88,8 +80,8 @@ def test_entry_class_replaces_the_stock_moe_model_only() -> None:
     [("bf16", True), ("quark-mxfp4-fse", True), ("quark-w8a8-int8", True), ("modelopt-nvfp4", False),
      ("ct-mxfp4", False)],
 )
-def test_decision_from_sglangs_parsed_configs(sglang_cpu, root: Path, fmt: str, fused: bool) -> None:
-    hf_config, quant_config = sglang_configs(root / fmt)
+def test_decision_from_sglangs_parsed_configs(sglang_cpu, fixtures_root: Path, fmt: str, fused: bool) -> None:
+    hf_config, quant_config = sglang_configs(fixtures_root / fmt)
     decision = override.fusion_decision(hf_config, quant_config)
     print(f"{fmt}: {decision}")
     assert decision.fuse is fused
@@ -98,15 +90,15 @@ def test_decision_from_sglangs_parsed_configs(sglang_cpu, root: Path, fmt: str, 
     assert qwen2_moe.can_fuse_shared_expert(hf_config.text_config, quant_config)
 
 
-def test_decision_honours_the_disable_flag(root: Path) -> None:
-    hf_config, _ = sglang_configs(root / "bf16")
+def test_decision_honours_the_disable_flag(fixtures_root: Path) -> None:
+    hf_config, _ = sglang_configs(fixtures_root / "bf16")
     with get_context().override_server_args(device="cpu", disable_shared_experts_fusion=True):
         decision = override.fusion_decision(hf_config, None)
     assert not decision.fuse and "--disable-shared-experts-fusion" in decision.reason
 
 
-def test_modelopt_settings_only_in_hf_quant_config_json(sglang_cpu, root: Path, tmp_path: Path) -> None:
-    path = shutil.copytree(root / "modelopt-nvfp4", tmp_path / "nvfp4")
+def test_modelopt_settings_only_in_hf_quant_config_json(sglang_cpu, fixtures_root: Path, tmp_path: Path) -> None:
+    path = shutil.copytree(fixtures_root / "modelopt-nvfp4", tmp_path / "nvfp4")
     config = json.loads((path / "config.json").read_text())
     del config["quantization_config"]
     (path / "config.json").write_text(json.dumps(config))
@@ -166,9 +158,9 @@ def cpu_model(sglang_cpu, monkeypatch: pytest.MonkeyPatch):
      ("bf16", {"disable_shared_experts_fusion": True}, False)],
 )
 def test_model_fuses_as_decided_and_publishes_an_off_decision(
-    cpu_model, root: Path, fmt: str, flags: dict, fused: bool
+    cpu_model, fixtures_root: Path, fmt: str, flags: dict, fused: bool
 ) -> None:
-    hf_config, quant_config = sglang_configs(root / fmt)
+    hf_config, quant_config = sglang_configs(fixtures_root / fmt)
     with get_context().override_server_args(device="cpu", **flags):
         model = cpu_model(hf_config, quant_config)
         assert get_exec().moe.disable_shared_experts_fusion is not fused
@@ -190,11 +182,11 @@ def moe_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "quark-mxfp4-fse"])
-def test_loader_puts_the_shared_expert_in_slot_e_as_the_aiter_path_does(cpu_model, root: Path, fmt: str) -> None:
-    hf_config, quant_config = sglang_configs(root / fmt)
+def test_loader_puts_the_shared_expert_in_slot_e_as_the_aiter_path_does(cpu_model, fixtures_root: Path, fmt: str) -> None:
+    hf_config, quant_config = sglang_configs(fixtures_root / fmt)
     ours = cpu_model(hf_config, quant_config)
     assert ours.enable_shared_expert_fusion
-    checkpoint = moe_tensors(root / fmt)
+    checkpoint = moe_tensors(fixtures_root / fmt)
     ours.load_weights(iter(checkpoint.items()))
 
     suffixes = ["weight"] + (["weight_scale"] if fmt != "bf16" else [])
@@ -216,8 +208,8 @@ def test_loader_puts_the_shared_expert_in_slot_e_as_the_aiter_path_does(cpu_mode
         assert torch.equal(param, stock_params[name]), name
 
 
-def test_a_shared_tensor_without_a_routed_counterpart_is_refused(cpu_model, root: Path) -> None:
-    hf_config, _ = sglang_configs(root / "bf16")
+def test_a_shared_tensor_without_a_routed_counterpart_is_refused(cpu_model, fixtures_root: Path) -> None:
+    hf_config, _ = sglang_configs(fixtures_root / "bf16")
     model = cpu_model(hf_config, None)
     stray = "model.language_model.layers.0.mlp.shared_expert.gate_proj.weight_scale"
     with pytest.raises(ValueError, match=r"w13_weight_scale.*--disable-shared-experts-fusion"):

@@ -16,16 +16,8 @@ NUM_EXPERTS = 8  # the fixture's
 L3 = "model.language_model.layers.3.mlp"
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fixtures")
-    for fmt in FORMATS:
-        write_fixture(root / fmt, fmt, seed=0)
-    return root
-
-
-def config_of(root: Path, fmt: str) -> dict:
-    return json.loads((root / fmt / "config.json").read_text())
+def config_of(fixtures_root: Path, fmt: str) -> dict:
+    return json.loads((fixtures_root / fmt / "config.json").read_text())
 
 
 def decide(config: dict, **flags) -> bool:
@@ -56,16 +48,16 @@ DECISIONS = [
 
 
 @pytest.mark.parametrize("fmt, fused", DECISIONS)
-def test_fixture_decision_table(root: Path, fmt: str, fused: bool) -> None:
-    decision = decide_shared_expert_fusion(config_of(root, fmt), config_of(root, fmt).get("quantization_config"))
+def test_fixture_decision_table(fixtures_root: Path, fmt: str, fused: bool) -> None:
+    decision = decide_shared_expert_fusion(config_of(fixtures_root, fmt), config_of(fixtures_root, fmt).get("quantization_config"))
     print(f"{fmt}: {decision}")
     assert decision.fuse is fused
     if not fused:
         assert "shared_expert" in decision.reason and "unquantized" in decision.reason
 
 
-def test_disable_flag_wins(root: Path) -> None:
-    decision = decide_shared_expert_fusion(config_of(root, "bf16"), None, disabled=True)
+def test_disable_flag_wins(fixtures_root: Path) -> None:
+    decision = decide_shared_expert_fusion(config_of(fixtures_root, "bf16"), None, disabled=True)
     assert not decision.fuse and "--disable-shared-experts-fusion" in decision.reason
 
 
@@ -85,19 +77,19 @@ def test_runners_that_drop_the_shared_slot_are_not_fused(runner: str, fused: boo
     assert decide(model_config(), moe_runner_backend=runner) is fused
 
 
-def test_exclusions_decide_not_the_format_name(root: Path) -> None:
+def test_exclusions_decide_not_the_format_name(fixtures_root: Path) -> None:
     # Quark MXFP4 with the shared expert excluded, and NVFP4 / ct-MXFP4 with it quantized.
-    quark = config_of(root, "quark-mxfp4-fse")
+    quark = config_of(fixtures_root, "quark-mxfp4-fse")
     excluded = quark["quantization_config"]["exclude"] + shared_modules(quark)
     assert not decide(with_exclusions(quark, "exclude", excluded))
     for fmt, field in (("modelopt-nvfp4", "ignore"), ("ct-mxfp4", "ignore")):
-        config = config_of(root, fmt)
+        config = config_of(fixtures_root, fmt)
         kept = [e for e in config["quantization_config"][field] if ".shared_expert." not in e]
         assert decide(with_exclusions(config, field, kept)), fmt
 
 
-def test_one_excluded_layer_is_enough_to_refuse(root: Path) -> None:
-    quark = config_of(root, "quark-w8a8-int8")
+def test_one_excluded_layer_is_enough_to_refuse(fixtures_root: Path) -> None:
+    quark = config_of(fixtures_root, "quark-w8a8-int8")
     excluded = quark["quantization_config"]["exclude"] + [f"{L3}.shared_expert.down_proj"]
     decision = decide_shared_expert_fusion(quark, {**quark["quantization_config"], "exclude": excluded})
     assert not decision.fuse and f"{L3}.shared_expert.down_proj is unquantized" in decision.reason
@@ -112,16 +104,16 @@ def test_one_excluded_layer_is_enough_to_refuse(root: Path) -> None:
         ("quark-mxfp4-fse", "exclude", "*.shared_expert.*"),  # Quark glob
     ],
 )
-def test_pattern_exclusions(root: Path, fmt: str, field: str, entry: str) -> None:
-    config = config_of(root, fmt)
+def test_pattern_exclusions(fixtures_root: Path, fmt: str, field: str, entry: str) -> None:
+    config = config_of(fixtures_root, fmt)
     kept = [e for e in config["quantization_config"][field] if ".shared_expert." not in e]
     assert decide(with_exclusions(config, field, kept))
     assert not decide(with_exclusions(config, field, kept + [entry]))
 
 
-def test_modelopt_settings_from_hf_quant_config_json_or_rewritten_by_sglang(root: Path) -> None:
-    nvfp4 = config_of(root, "modelopt-nvfp4")
-    hf_quant_config = json.loads((root / "modelopt-nvfp4" / quant_configs.HF_QUANT_CONFIG_FILE).read_text())
+def test_modelopt_settings_from_hf_quant_config_json_or_rewritten_by_sglang(fixtures_root: Path) -> None:
+    nvfp4 = config_of(fixtures_root, "modelopt-nvfp4")
+    hf_quant_config = json.loads((fixtures_root / "modelopt-nvfp4" / quant_configs.HF_QUANT_CONFIG_FILE).read_text())
     decision = decide_shared_expert_fusion(model_config(), hf_quant_config)
     assert not decision.fuse and "unquantized" in decision.reason
     # SGLang's ModelConfig rewrites the block's quant_method in place when it parses it.
@@ -130,8 +122,8 @@ def test_modelopt_settings_from_hf_quant_config_json_or_rewritten_by_sglang(root
     assert not decision.fuse and "unquantized" in decision.reason
 
 
-def test_compressed_tensors_targets_decide_too(root: Path) -> None:
-    config = config_of(root, "ct-mxfp4")
+def test_compressed_tensors_targets_decide_too(fixtures_root: Path) -> None:
+    config = config_of(fixtures_root, "ct-mxfp4")
     kept = [e for e in config["quantization_config"]["ignore"] if ".shared_expert." not in e]
     block = {**config["quantization_config"], "ignore": kept}
     block["config_groups"] = {"group_0": {**block["config_groups"]["group_0"], "targets": [r"re:.*\.mlp\.experts\..*"]}}
@@ -140,8 +132,8 @@ def test_compressed_tensors_targets_decide_too(root: Path) -> None:
     assert decide_shared_expert_fusion(config, block).fuse
 
 
-def test_quark_per_layer_spec_must_match(root: Path) -> None:
-    config = config_of(root, "quark-mxfp4-fse")
+def test_quark_per_layer_spec_must_match(fixtures_root: Path) -> None:
+    config = config_of(fixtures_root, "quark-mxfp4-fse")
     block = dict(config["quantization_config"])
     int8 = quant_configs.quark_w8a8_int8([])["global_quant_config"]
     block["layer_quant_config"] = {"*.shared_expert.*": int8}
@@ -156,8 +148,8 @@ def test_unknown_quantization_is_left_unfused() -> None:
     assert not decision.fuse and "'fp8'" in decision.reason
 
 
-def test_shared_and_routed_both_unquantized_is_fused(root: Path) -> None:
-    config = config_of(root, "quark-w8a8-int8")
+def test_shared_and_routed_both_unquantized_is_fused(fixtures_root: Path) -> None:
+    config = config_of(fixtures_root, "quark-w8a8-int8")
     linears = {t.module for t in expected_tensors(config, fused_experts=False) if t.module}
     moe = [m for m in linears if ".mlp.experts." in m or ".mlp.shared_expert." in m]
     assert decide(with_exclusions(config, "exclude", config["quantization_config"]["exclude"] + moe))
@@ -201,8 +193,8 @@ def routed_param(name: str) -> str:
 
 
 @pytest.mark.parametrize("fmt", ["quark-mxfp4-fse", "quark-w8a8-int8"])
-def test_every_shared_tensor_of_a_fused_checkpoint_lands_where_the_routed_ones_do(root: Path, fmt: str) -> None:
-    config = config_of(root, fmt)
+def test_every_shared_tensor_of_a_fused_checkpoint_lands_where_the_routed_ones_do(fixtures_root: Path, fmt: str) -> None:
+    config = config_of(fixtures_root, fmt)
     scheme, block = detect_scheme(config)
     names = [t.name for t in expected_tensors(config, scheme, block) if not t.name.startswith("mtp.")]
     slots = [slot for slot in (shared_expert_slot(n, NUM_EXPERTS) for n in names) if slot is not None]

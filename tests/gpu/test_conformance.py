@@ -20,7 +20,9 @@ THRESHOLDS = {
     "tiny-nvfp4": (0.4, 0.9),
     "tiny-ct-mxfp4": (0.4, 0.9),
 }
-FSE_MAX_LOGPROB_DIFF = 0.1
+# FSE on vs off, prompt logprobs: BF16 kernels summing in another order; MXFP4 W4A4 adds independent
+# activation-rounding noise to each path (its mean error to the reference is ~0.05 nats).
+FSE_MAX_PROMPT_LOGPROB_DIFF = {"tiny-bf16": 0.25, "tiny-int8": 0.25, "tiny-mxfp4-fse": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +41,12 @@ def test_case_matches_reference(suite, case: conformance.Case) -> None:
     assert result.max_abs_logprob_error < max_error
     assert result.greedy_agreement >= min_agreement
     assert result.chat_completion_tokens > 0
+    assert result.fused_in_log is bool(case.fse), "the server log disagrees about the fused shared expert"
 
 
 def test_fse_on_and_off_agree(suite) -> None:
     pairs = suite[1]
-    assert {pair["pair"] for pair in pairs} == {"bf16 vs bf16 fse-off", "int8 vs int8 fse-off",
-                                                "mxfp4-fse vs mxfp4-fse fse-off"}  # fmt: skip
+    assert {pair["recipe"] for pair in pairs} == set(FSE_MAX_PROMPT_LOGPROB_DIFF)
     for pair in pairs:
-        assert pair["identical_sequences"] == pair["sequences"], pair
-        assert pair["max_abs_logprob_diff"] < FSE_MAX_LOGPROB_DIFF, pair
+        assert pair["unexplained_divergences"] == 0, pair
+        assert pair["max_abs_prompt_logprob_diff"] < FSE_MAX_PROMPT_LOGPROB_DIFF[pair["recipe"]], pair
