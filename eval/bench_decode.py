@@ -1,9 +1,12 @@
 """Decode speed of each checkpoint format at real Qwen3.5 shapes, through SGLang's one-batch benchmark.
 
     python -m eval.bench_decode [--shape qwen3.5-35b-a3b] [--layers 8] [--formats bf16,quark-w8a8-int8,...]
-                                [--batch-sizes 1,8,32,64,128] [--out DIR]
+                                [--batch-sizes 1,8,32,64,128] [--set FORMAT:KEY=VALUE ...] [--out DIR]
 
-For each format it writes a real-shaped random checkpoint on the GPU (`sglang_ext.fixtures`, valid scales:
+SGLang's options for each format come from its tiny recipe (recipes/tiny-*.yaml, the recipe whose
+model.fixture is that format), with `--set FORMAT:KEY=VALUE` on top; e.g. ct-mxfp4 at real shapes wants
+`--set ct-mxfp4:moe-runner-backend=marlin` (qwen3.5-35b-mxfp4-h100.yaml), which the tiny model's hidden
+size cannot take. For each format it writes a real-shaped random checkpoint on the GPU (`sglang_ext.fixtures`, valid scales:
 no Inf/NaN reaching the kernels), then runs `python -m sglang.bench_one_batch` on it, once per fused-
 shared-expert setting where the format allows both. It prints one table and writes bench_decode.json:
 median decode step latency and tok/s per batch size, per-layer milliseconds, the ratio against BF16 at the
@@ -23,17 +26,23 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launch.errors import LaunchError
+from launch.recipe import load_recipe, recipe_paths
 from sglang_ext.fixtures import write_fixture
 from sglang_ext.formats.safetensors_headers import read_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
-FORMAT_ARGS = {  # what each format needs on Hopper (recipes/tiny-*.yaml and qwen3.5-35b-mxfp4-h100.yaml)
-    "modelopt-nvfp4": ["--quantization", "modelopt_fp4", "--moe-runner-backend", "marlin", "--fp4-gemm-backend", "marlin"],
-    "ct-mxfp4": ["--moe-runner-backend", "marlin"],
-}
-SERVER_ARGS = ["--attention-backend", "triton", "--mm-attention-backend", "triton_attn",
-               "--sampling-backend", "pytorch", "--grammar-backend", "none", "--mem-fraction-static", "0.8"]  # fmt: skip
+MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
+
+
+def server_args(fmt: str, sets: list[str]) -> list[str]:
+    """SGLang options for `fmt`: its tiny recipe's server_args, the GPU's memory, then `sets` (KEY=VALUE)."""
+    names = [name for name in recipe_paths() if name.startswith("tiny-")]
+    recipe = next((n for n in names if load_recipe(n).recipe.model.fixture == fmt), None)
+    if recipe is None:
+        raise LaunchError(f"no tiny recipe serves format {fmt!r}", hint=f"one of: {', '.join(names)}")
+    return load_recipe(recipe, [MEM_FRACTION, *sets]).server_cli
 
 
 @dataclass
@@ -85,12 +94,12 @@ def decode_bytes(checkpoint: Path, config: dict, batch: int) -> float:
     return dense + routed * touched / experts
 
 
-def run_case(checkpoint: Path, fmt: str, fse: bool | None, batches: list[int], out: Path, log: Path) -> dict[int, dict]:
+def run_case(checkpoint: Path, args: list[str], fse: bool | None, batches: list[int], out: Path, log: Path) -> dict[int, dict]:
     result_file = out / f"{checkpoint.name}-fse{fse}.jsonl"
     result_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "sglang.bench_one_batch", "--model-path", str(checkpoint),
                "--batch-size", *map(str, batches), "--input-len", "256", "--output-len", "32",
-               "--result-filename", str(result_file), *SERVER_ARGS, *FORMAT_ARGS.get(fmt, [])]  # fmt: skip
+               "--result-filename", str(result_file), *args]  # fmt: skip
     if fse is False:
         command.append("--disable-shared-experts-fusion")
     env = {**os.environ, "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_ext.models",
@@ -110,11 +119,22 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=8, help="decoder layers (memory); per-layer ms reported")
     parser.add_argument("--formats", default="bf16,quark-w8a8-int8,quark-mxfp4-fse,modelopt-nvfp4,ct-mxfp4")
     parser.add_argument("--batch-sizes", default="1,8,32,64,128")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FORMAT:KEY=VALUE",
+                        help="an SGLang option for one format on top of its tiny recipe")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     args = parser.parse_args()
     formats = args.formats.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
+    # Every recipe or --set error surfaces here, before any GPU work.
+    if bad := [item for item in args.sets if ":" not in item]:
+        parser.error(f"--set {bad[0]}: expected FORMAT:KEY=VALUE, e.g. ct-mxfp4:moe-runner-backend=marlin")
+    sets = [item.split(":", 1) for item in args.sets]
+    try:
+        per_format = {fmt: server_args(fmt, [kv for name, kv in sets if name == fmt]) for fmt in formats}
+    except LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
     bandwidth = hbm_bandwidth_gbs()
     print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s", flush=True)
@@ -129,7 +149,7 @@ def main() -> int:
         for fse in ((True, False) if fmt in FSE_FORMATS else (None,)):
             case = f"{fmt}" + {True: " fse", False: " no-fse", None: ""}[fse]
             try:
-                measured = run_case(checkpoint, fmt, fse, batches, args.out, args.out / f"{case.replace(' ', '-')}.log")
+                measured = run_case(checkpoint, per_format[fmt], fse, batches, args.out, args.out / f"{case.replace(' ', '-')}.log")
             except (RuntimeError, subprocess.TimeoutExpired) as error:
                 failures[case] = str(error)
                 print(f"{case}: FAILED\n{error}", flush=True)

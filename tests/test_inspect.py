@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sglang_ext.fixtures import FORMATS, write_fixture
+from sglang_ext.fixtures import FORMATS
 from sglang_ext.fixtures.tensors import fuse_experts
 from sglang_ext.formats.check import check_checkpoint
 from sglang_ext.inspect import main as inspect_main

@@ -9,7 +9,6 @@ import pytest
 
 from launch.checkpoint import check_local_checkpoint
 from launch.errors import LaunchError
-from sglang_ext.fixtures import write_fixture
 from tests.conftest import REPO
 
 

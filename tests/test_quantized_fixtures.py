@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from sglang_ext.codecs import int8, mxfp4, nvfp4
+from sglang_ext.codecs import mxfp4
 from sglang_ext.fixtures import FORMATS, write_fixture
 from sglang_ext.fixtures.tensors import unfuse_experts
 from sglang_ext.formats.dequantize import dequantized_state_dict, write_dequantized

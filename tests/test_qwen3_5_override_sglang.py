@@ -21,7 +21,6 @@ from sglang.srt.models import qwen2_moe, qwen3_5  # noqa: E402
 from sglang.srt.models.registry import import_model_classes  # noqa: E402
 from sglang.srt.runtime_context import get_context, get_exec  # noqa: E402
 
-from sglang_ext.fixtures import write_fixture  # noqa: E402
 from sglang_ext.models import qwen3_5 as override  # noqa: E402
 
 NUM_EXPERTS = 8  # the fixture's; the shared expert becomes expert 8

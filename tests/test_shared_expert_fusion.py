@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sglang_ext.fixtures import FORMATS, quant_configs, write_fixture
+from sglang_ext.fixtures import quant_configs
 from sglang_ext.fixtures.model_config import model_config
 from sglang_ext.formats.layout import expected_tensors
 from sglang_ext.formats.schemes import detect_scheme

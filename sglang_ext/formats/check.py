@@ -15,7 +15,7 @@ from typing import Any
 
 from sglang_ext.formats import layout
 from sglang_ext.formats.safetensors_headers import HeaderError, StoredEntry, read_checkpoint
-from sglang_ext.formats.schemes import UnsupportedQuantization, detect_scheme
+from sglang_ext.formats.schemes import Scheme, UnsupportedQuantization, detect_scheme
 
 CONFIG_FILE = "config.json"
 HF_QUANT_CONFIG_FILE = "hf_quant_config.json"
@@ -82,7 +82,14 @@ def _mismatch_hint(expected: layout.ExpectedTensor, entry: StoredEntry) -> str:
     return ""
 
 
-def _config_errors(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def checkpoint_scheme(path: Path) -> tuple[Scheme | None, dict[str, Any], dict[str, Any]]:
+    """(scheme, the dict its exclusions are read from, config.json) of a checkpoint directory; raises
+    HeaderError / UnsupportedQuantization naming the file and field."""
+    config, hf_quant_config = _read_configs(Path(path))
+    return (*detect_scheme(config, hf_quant_config), config)
+
+
+def _read_configs(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     config_path = path / CONFIG_FILE
     if not config_path.exists():
         raise HeaderError(f"no {CONFIG_FILE} in {path}: point at the checkpoint directory")
@@ -101,17 +108,24 @@ def check_checkpoint(path: Path) -> Report:
     path = Path(path)
     report = Report(str(path), "unknown")
     try:
-        config, hf_quant_config = _config_errors(path)
-        scheme, quant_config = detect_scheme(config, hf_quant_config)
+        scheme, quant_config, config = checkpoint_scheme(path)
         stored = read_checkpoint(path)
-    except (HeaderError, UnsupportedQuantization) as error:
+    except HeaderError as error:
         report.problems.append(Problem("", str(error)))
+        return report
+    except UnsupportedQuantization as error:
+        report.problems.append(Problem("", f"{CONFIG_FILE}: {error}"))
         return report
     report.scheme = scheme.name if scheme else "bf16"
     report.tensors = len(stored)
     # BF16 checkpoints come fused (as published) or per expert (a re-export); quantized ones per expert.
     fused = scheme is None and not any(_MAIN_LAYER_EXPERT.match(entry.name) for entry in stored)
-    expected = layout.expected_tensors(config, scheme, quant_config, fused_experts=fused)
+    try:
+        expected = layout.expected_tensors(config, scheme, quant_config, fused_experts=fused)
+    except KeyError as error:
+        report.problems.append(Problem("", f"{CONFIG_FILE}: text_config or vision_config lacks {error}, which the "
+                                           "Qwen3.5-MoE layout needs; use the checkpoint's original config.json"))
+        return report
     _compare(report, expected, {entry.name: entry for entry in stored})
     if scheme is not None:
         precision = {e.module: e.precision for e in expected if e.module}

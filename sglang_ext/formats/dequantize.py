@@ -19,9 +19,9 @@ from sglang_ext.codecs import int8, mxfp4, nvfp4
 from sglang_ext.fixtures.model_config import write_json
 from sglang_ext.fixtures.tensors import fuse_experts
 from sglang_ext.formats import layout
-from sglang_ext.formats.check import CONFIG_FILE, HF_QUANT_CONFIG_FILE
+from sglang_ext.formats.check import CONFIG_FILE, HF_QUANT_CONFIG_FILE, checkpoint_scheme
 from sglang_ext.formats.safetensors_headers import INDEX_FILE
-from sglang_ext.formats.schemes import CT_MXFP4, MODELOPT_NVFP4, QUARK_INT8, QUARK_MXFP4, detect_scheme
+from sglang_ext.formats.schemes import CT_MXFP4, MODELOPT_NVFP4, QUARK_INT8, QUARK_MXFP4
 
 Decoder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
@@ -43,10 +43,7 @@ def _load_all(directory: Path) -> dict[str, torch.Tensor]:
 def dequantized_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     """The BF16 checkpoint tensors (fused main-layer experts) that `directory` quantizes."""
     directory = Path(directory)
-    config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-    hf_quant_path = directory / HF_QUANT_CONFIG_FILE
-    hf_quant = json.loads(hf_quant_path.read_text(encoding="utf-8")) if hf_quant_path.exists() else None
-    scheme, quant_config = detect_scheme(config, hf_quant)
+    scheme, quant_config, config = checkpoint_scheme(directory)
     stored = _load_all(directory)
     if scheme is None:
         return stored

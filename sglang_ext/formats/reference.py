@@ -11,7 +11,6 @@ This is what a serving path of the checkpoint should compute up to its kernels' 
   quantization.
 """
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from torch import nn
 
 from sglang_ext.codecs import int8, mxfp4
 from sglang_ext.formats import layout
-from sglang_ext.formats.check import CONFIG_FILE, HF_QUANT_CONFIG_FILE
-from sglang_ext.formats.schemes import QUARK_INT8, QUARK_MXFP4, Scheme, detect_scheme
+from sglang_ext.formats.check import checkpoint_scheme
+from sglang_ext.formats.schemes import QUARK_INT8, QUARK_MXFP4
 
 ActivationQuantizer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -35,15 +34,6 @@ ACTIVATION_QUANTIZERS: dict[str, ActivationQuantizer] = {
     QUARK_MXFP4.name: mxfp4.fake_quantize_activations,
     QUARK_INT8.name: _int8_per_token,
 }
-
-
-def checkpoint_scheme(directory: Path) -> tuple[Scheme | None, dict, dict]:
-    """(scheme, quant_config, config.json) of a checkpoint directory."""
-    config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-    hf_quant_path = directory / HF_QUANT_CONFIG_FILE
-    hf_quant = json.loads(hf_quant_path.read_text(encoding="utf-8")) if hf_quant_path.exists() else None
-    scheme, quant_config = detect_scheme(config, hf_quant)
-    return scheme, quant_config, config
 
 
 def _quantized_experts_forward(experts: nn.Module, quantize: ActivationQuantizer) -> Callable:
