@@ -1,6 +1,7 @@
 """An independent reference forward of a (quantized) checkpoint: transformers' Qwen3.5-MoE on the
 dequantized weights, with each scheme's dynamic activation quantization applied where the checkpoint
-quantizes a Linear, computed in float32.
+quantizes a Linear, computed in float32. Activations reach the quantizer rounded to BF16, the serving
+dtype, as the kernels' do (`quantization/mxfp4_moe_reference.py` does the same for one MoE layer).
 
 This is what a serving path of the checkpoint should compute up to its kernels' own arithmetic:
 
@@ -30,6 +31,7 @@ def _int8_per_token(x: torch.Tensor) -> torch.Tensor:
     return (codes.float() * scale).to(x.dtype)
 
 
+SERVING_DTYPE = torch.bfloat16
 ACTIVATION_QUANTIZERS: dict[str, ActivationQuantizer] = {
     QUARK_MXFP4.name: mxfp4.fake_quantize_activations,
     QUARK_INT8.name: _int8_per_token,
@@ -57,7 +59,11 @@ def apply_activation_quantization(model: nn.Module, checkpoint: Path) -> int:
     scheme, quant_config, config = checkpoint_scheme(Path(checkpoint))
     if scheme is None or scheme.name not in ACTIVATION_QUANTIZERS:
         return 0
-    quantize = ACTIVATION_QUANTIZERS[scheme.name]
+    scheme_quantize = ACTIVATION_QUANTIZERS[scheme.name]
+
+    def quantize(x: torch.Tensor) -> torch.Tensor:
+        return scheme_quantize(x.to(SERVING_DTYPE)).to(x.dtype)
+
     quantized = {e.module for e in layout.expected_tensors(config, scheme, quant_config) if e.precision == scheme.precision}
     hooked = 0
     for name, module in model.named_modules():
