@@ -41,3 +41,26 @@ def test_scorer_on_a_perfect_and_a_wrong_server(tmp_path: Path) -> None:
     assert abs(pair["max_abs_prompt_logprob_diff"] - 0.5) < 1e-6
     wrong.top2_gaps = [[1.0] * 4 for _ in prompts]
     assert conformance.compare_fse(perfect, wrong, lengths)["unexplained_divergences"] == 2
+
+
+def test_split_runs_merge_into_one_table(tmp_path: Path, capsys) -> None:
+    first = [conformance.Result("bf16", "tiny-bf16", True, ok=True, max_abs_logprob_error=0.1, greedy_agreement=1.0,
+                                   chat_completion_tokens=8)]
+    second = [conformance.Result("nvfp4", "tiny-nvfp4", None, error="server did not start")]
+    pair = {"pair": "bf16 vs bf16 fse-off", "recipe": "tiny-bf16", "sequences": 8, "identical_sequences": 8,
+            "unexplained_divergences": 0, "max_abs_prompt_logprob_diff": 0.01, "mean_abs_prompt_logprob_diff": 0.001}
+    conformance.save_run(tmp_path / "a.json", first, [pair])
+    conformance.save_run(tmp_path / "b.json", second, [])
+    results, pairs = conformance.load_runs([tmp_path / "a.json", tmp_path / "b.json"])
+    assert [(r.case, r.fse, r.max_abs_logprob_error) for r in results][0] == ("bf16", True, 0.1)
+    assert results[1].error == "server did not start" and pairs == [pair]
+    conformance.print_table(results, pairs)
+    table = capsys.readouterr().out
+    assert "nvfp4" in table and "8/8 generations identical" in table
+    # bf16's numbers pass, but nothing in its server log said the shared expert was fused
+    assert conformance.failures(results, pairs) == [
+        "bf16: server log says fused=None, case wants True", "nvfp4: server did not start"]
+    results[0].fused_in_log = True
+    assert conformance.failures(results[:1], pairs) == []
+    assert conformance.failures(results[:1], []) == [
+        "FSE on/off of tiny-bf16: not compared (a case of the pair did not run or failed)"]
