@@ -10,6 +10,10 @@ from sglang_ext.quantization.quark.config import register_quark_int8  # noqa: E4
 
 register_quark_int8()
 
+from sglang_ext.moe_configs import use_tuned_moe_configs  # noqa: E402
+
+use_tuned_moe_configs()
+
 # SGLang imports this package strictly but its modules leniently (registry.py: an import error there only
 # logs a warning and the stock class serves); importing the overrides here makes a broken one stop the start.
 from sglang_ext.models import qwen3_5  # noqa: E402,F401
