@@ -2,17 +2,26 @@
 
     python -m eval.bench_decode [--shape qwen3.5-35b-a3b] [--layers 8] [--formats bf16,quark-w8a8-int8,...]
                                 [--batch-sizes 1,8,32,64,128] [--set FORMAT:KEY=VALUE ...] [--out DIR]
+                                [--stock-moe-configs]
 
 SGLang's options for each format come from its tiny recipe (recipes/tiny-*.yaml, the recipe whose
-model.fixture is that format), with `--set FORMAT:KEY=VALUE` on top; e.g. ct-mxfp4 at real shapes wants
-`--set ct-mxfp4:moe-runner-backend=marlin` (qwen3.5-35b-mxfp4-h100.yaml), which the tiny model's hidden
-size cannot take. For each format it writes a real-shaped random checkpoint on the GPU (`sglang_ext.fixtures`, valid scales:
+model.fixture is that format), then REAL_SHAPE_OPTIONS (what only the tiny model's size kept out of the
+tiny recipe), then `--set FORMAT:KEY=VALUE`. For each format it writes a real-shaped random checkpoint on the GPU (`sglang_ext.fixtures`, valid scales:
 no Inf/NaN reaching the kernels), then runs `python -m sglang.bench_one_batch` on it, once per fused-
 shared-expert setting where the format allows both. It prints one table and writes bench_decode.json:
 median decode step latency and tok/s per batch size, per-layer milliseconds, the ratio against BF16 at the
 same batch size from this same run, and a roofline: the weight bytes one decode step must read (every
 dense weight, plus the routed experts a batch of that size touches on average under uniform routing)
 divided by the HBM bandwidth measured here, and the fraction of it achieved.
+
+Each case's numbers are saved under OUT/cases/ as soon as it finishes, and a later run with the same
+--out skips the cases already there (--rerun to measure again): a crash or a time limit loses one case at
+most, and a sweep can be split across commands. The table and bench_decode.json cover every case in
+OUT/cases/ of the same shape and layer count, BF16 ratios included.
+
+The Triton fused-MoE formats (BF16, INT8) run with the configs sglang_ext ships (`eval.tune_moe`, picked
+up through `sglang_ext.moe_configs`); `--stock-moe-configs` also runs each of them, FSE on, with SGLang's
+own config folder, and the table gets the tuned/stock ratio.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,16 +43,36 @@ from sglang_ext.formats.safetensors_headers import read_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
+TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs SGLang's Triton fused kernel
 MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
+# ct-mxfp4 serves through Marlin at real shapes, as recipes/qwen3.5-35b-mxfp4-h100.yaml does; SGLang's
+# Marlin MXFP4 MoE cannot take the tiny model's hidden size, so tiny-ct-mxfp4 leaves the runner on auto.
+REAL_SHAPE_OPTIONS = {"ct-mxfp4": ["moe-runner-backend=marlin"]}
 
 
 def server_args(fmt: str, sets: list[str]) -> list[str]:
-    """SGLang options for `fmt`: its tiny recipe's server_args, the GPU's memory, then `sets` (KEY=VALUE)."""
+    """SGLang options for `fmt`: its tiny recipe's server_args, the GPU's memory, the real-shape options,
+    then `sets` (KEY=VALUE)."""
     names = [name for name in recipe_paths() if name.startswith("tiny-")]
     recipe = next((n for n in names if load_recipe(n).recipe.model.fixture == fmt), None)
     if recipe is None:
         raise LaunchError(f"no tiny recipe serves format {fmt!r}", hint=f"one of: {', '.join(names)}")
-    return load_recipe(recipe, [MEM_FRACTION, *sets]).server_cli
+    return load_recipe(recipe, [MEM_FRACTION, *REAL_SHAPE_OPTIONS.get(fmt, []), *sets]).server_cli
+
+
+@dataclass(frozen=True)
+class Case:
+    fmt: str
+    fse: bool | None  # None: the format keeps the shared expert out of the MoE
+    stock_moe_configs: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.fmt + {True: " fse", False: " no-fse", None: ""}[self.fse] + (" stock-cfg" if self.stock_moe_configs else "")
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace(" ", "-")
 
 
 @dataclass
@@ -50,13 +80,15 @@ class Row:
     case: str
     fmt: str
     fse: bool | None
+    stock_moe_configs: bool
     batch: int
     decode_ms: float
     tok_s: float
     ms_per_layer: float
-    vs_bf16: float | None
     floor_ms: float
     bandwidth_fraction: float
+    vs_bf16: float | None = None
+    tuned_vs_stock: float | None = None
 
 
 def hbm_bandwidth_gbs() -> float:
@@ -94,23 +126,80 @@ def decode_bytes(checkpoint: Path, config: dict, batch: int) -> float:
     return dense + routed * touched / experts
 
 
-def run_case(checkpoint: Path, args: list[str], fse: bool | None, batches: list[int], out: Path, log: Path) -> dict[int, dict]:
-    result_file = out / f"{checkpoint.name}-fse{fse}.jsonl"
+def cases(formats: list[str], stock_moe_configs: bool) -> list[Case]:
+    out = []
+    for fmt in formats:
+        out += [Case(fmt, fse) for fse in ((True, False) if fmt in FSE_FORMATS else (None,))]
+        if stock_moe_configs and fmt in TRITON_MOE_FORMATS:
+            out.append(Case(fmt, fmt in FSE_FORMATS, stock_moe_configs=True))
+    return out
+
+
+def stock_moe_config_dir() -> str:
+    """SGLang's own fused-MoE config folder (what SGLANG_MOE_CONFIG_DIR defaults to)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe_triton_config")
+    return str(Path(spec.origin).parent)
+
+
+def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], out: Path) -> dict[int, dict]:
+    result_file, log = out / f"{case.slug}.jsonl", out / f"{case.slug}.log"
     result_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "sglang.bench_one_batch", "--model-path", str(checkpoint),
                "--batch-size", *map(str, batches), "--input-len", "256", "--output-len", "32",
                "--result-filename", str(result_file), *args]  # fmt: skip
-    if fse is False:
+    if case.fse is False:
         command.append("--disable-shared-experts-fusion")
     env = {**os.environ, "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_ext.models",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    if case.stock_moe_configs:
+        env["SGLANG_MOE_CONFIG_DIR"] = stock_moe_config_dir()  # sglang_ext.moe_configs leaves a set one alone
     with log.open("w") as handle:
         done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=900)
     if done.returncode != 0:
         tail = log.read_text().splitlines()[-15:]
-        raise RuntimeError(f"bench_one_batch failed for {checkpoint.name} (fse={fse}):\n" + "\n".join(tail))
+        raise RuntimeError(f"bench_one_batch failed for {case.label} ({log}):\n" + "\n".join(tail))
     rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
     return {row["batch_size"]: row for row in rows}
+
+
+def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: int, bandwidth_gbs: float) -> list[Row]:
+    config = json.loads((checkpoint / "config.json").read_text())
+    rows = []
+    for batch, row in sorted(measured.items()):
+        latency = row["median_decode_latency"]
+        floor = decode_bytes(checkpoint, config, batch) / (bandwidth_gbs * 1e9)
+        rows.append(Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency * 1e3, batch / latency,
+                        latency * 1e3 / layers, floor * 1e3, floor / latency))  # fmt: skip
+    return rows
+
+
+def with_ratios(rows: list[Row]) -> list[Row]:
+    """Fill each row's speed-up over BF16 (FSE on, shipped configs) and, for the shipped-config rows of a
+    format also measured with SGLang's stock configs, the tuned/stock ratio; both at the same batch size."""
+    ms = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r.decode_ms for r in rows}
+    for r in rows:
+        baseline = ms.get(("bf16", True, False, r.batch))
+        r.vs_bf16 = baseline / r.decode_ms if baseline else None
+        stock = ms.get((r.fmt, r.fse, True, r.batch))
+        r.tuned_vs_stock = stock / r.decode_ms if stock and not r.stock_moe_configs else None
+    return rows
+
+
+def save_case(path: Path, rows: list[Row], shape: str, layers: int, bandwidth_gbs: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"shape": shape, "layers": layers, "hbm_gbs": bandwidth_gbs,
+                                "rows": [asdict(r) for r in rows]}, indent=2) + "\n")  # fmt: skip
+
+
+def load_cases(folder: Path, shape: str, layers: int) -> list[Row]:
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        saved = json.loads(path.read_text())
+        if saved["shape"] == shape and saved["layers"] == layers:
+            rows += [Row(**row) for row in saved["rows"]]
+    return rows
 
 
 def main() -> int:
@@ -121,11 +210,13 @@ def main() -> int:
     parser.add_argument("--batch-sizes", default="1,8,32,64,128")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FORMAT:KEY=VALUE",
                         help="an SGLang option for one format on top of its tiny recipe")
+    parser.add_argument("--stock-moe-configs", action="store_true",
+                        help="also run BF16 and INT8 (FSE on) with SGLang's stock fused-MoE configs")
+    parser.add_argument("--rerun", action="store_true", help="measure cases already saved in --out again")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     args = parser.parse_args()
     formats = args.formats.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    args.out.mkdir(parents=True, exist_ok=True)
     # Every recipe or --set error surfaces here, before any GPU work.
     if bad := [item for item in args.sets if ":" not in item]:
         parser.error(f"--set {bad[0]}: expected FORMAT:KEY=VALUE, e.g. ct-mxfp4:moe-runner-backend=marlin")
@@ -136,39 +227,34 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
-    bandwidth = hbm_bandwidth_gbs()
-    print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s", flush=True)
-    rows: list[Row] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    saved = args.out / "cases"
+    todo = [c for c in cases(formats, args.stock_moe_configs) if args.rerun or not (saved / f"{c.slug}.json").exists()]
     failures: dict[str, str] = {}
-    for fmt in formats:
+    if todo:
+        bandwidth = hbm_bandwidth_gbs()
+        print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s; {len(todo)} cases to run", flush=True)
+    for fmt in dict.fromkeys(c.fmt for c in todo):
         checkpoint = args.out / "checkpoints" / f"{args.shape}-{args.layers}L-{fmt}"
-        started = time.perf_counter()
-        write_fixture(checkpoint, fmt, shape=args.shape, num_layers=args.layers, device="cuda")
-        print(f"{fmt}: wrote {checkpoint.name} in {time.perf_counter() - started:.0f} s", flush=True)
-        config = json.loads((checkpoint / "config.json").read_text())
-        for fse in ((True, False) if fmt in FSE_FORMATS else (None,)):
-            case = f"{fmt}" + {True: " fse", False: " no-fse", None: ""}[fse]
+        if not (checkpoint / "config.json").exists():
+            started = time.perf_counter()
+            write_fixture(checkpoint, fmt, shape=args.shape, num_layers=args.layers, device="cuda")
+            print(f"{fmt}: wrote {checkpoint.name} in {time.perf_counter() - started:.0f} s", flush=True)
+        for case in (c for c in todo if c.fmt == fmt):
+            started = time.perf_counter()
             try:
-                measured = run_case(checkpoint, per_format[fmt], fse, batches, args.out, args.out / f"{case.replace(' ', '-')}.log")
+                measured = run_case(checkpoint, per_format[fmt], case, batches, args.out)
             except (RuntimeError, subprocess.TimeoutExpired) as error:
-                failures[case] = str(error)
-                print(f"{case}: FAILED\n{error}", flush=True)
+                failures[case.label] = str(error)
+                print(f"{case.label}: FAILED\n{error}", flush=True)
                 continue
-            for batch, row in sorted(measured.items()):
-                latency = row["median_decode_latency"]
-                floor = decode_bytes(checkpoint, config, batch) / (bandwidth * 1e9)
-                rows.append(Row(case, fmt, fse, batch, latency * 1e3, batch / latency, latency * 1e3 / args.layers,
-                                None, floor * 1e3, floor / latency))  # fmt: skip
+            save_case(saved / f"{case.slug}.json", case_rows(case, measured, checkpoint, args.layers, bandwidth),
+                      args.shape, args.layers, bandwidth)  # fmt: skip
+            print(f"{case.label}: measured in {time.perf_counter() - started:.0f} s", flush=True)
         if fmt != "bf16":
-            for path in checkpoint.glob("*.safetensors"):
-                path.unlink()  # disk: one real-shaped checkpoint at a time besides BF16
-    baseline = {r.batch: r.decode_ms for r in rows if r.case in ("bf16 fse",)} or {
-        r.batch: r.decode_ms for r in rows if r.fmt == "bf16"
-    }
-    for r in rows:
-        r.vs_bf16 = baseline[r.batch] / r.decode_ms if r.batch in baseline else None
-    report = {"shape": args.shape, "layers": args.layers, "hbm_gbs": bandwidth,
-              "rows": [asdict(r) for r in rows], "failures": failures}  # fmt: skip
+            shutil.rmtree(checkpoint)  # disk: one real-shaped checkpoint at a time besides BF16
+    rows = with_ratios(load_cases(saved, args.shape, args.layers))
+    report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows], "failures": failures}
     (args.out / "bench_decode.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(rows, args.shape, args.layers)
     return 1 if failures else 0
@@ -179,12 +265,13 @@ def print_table(rows: list[Row], shape: str, layers: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"decode, {shape} with {layers} layers (sglang.bench_one_batch, in 256 / out 32)")
-    for column in ("case", "batch", "ms/step", "tok/s", "ms/layer", "× BF16", "floor ms", "of floor"):
+    for column in ("case", "batch", "ms/step", "tok/s", "ms/layer", "× BF16", "tuned/stock cfg", "floor ms", "of floor"):
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(r.case, str(r.batch), f"{r.decode_ms:.2f}", f"{r.tok_s:.0f}", f"{r.ms_per_layer:.3f}",
-                      f"{r.vs_bf16:.2f}" if r.vs_bf16 else "", f"{r.floor_ms:.2f}", f"{r.bandwidth_fraction:.0%}")  # fmt: skip
-    Console(width=140).print(table)
+                      f"{r.vs_bf16:.2f}" if r.vs_bf16 else "", f"{r.tuned_vs_stock:.2f}" if r.tuned_vs_stock else "",
+                      f"{r.floor_ms:.2f}", f"{r.bandwidth_fraction:.0%}")  # fmt: skip
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

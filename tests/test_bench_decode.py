@@ -1,0 +1,74 @@
+"""eval.bench_decode without a GPU: SGLang options per format, the weight bytes of the roofline, and the
+saved-case path (a split or interrupted sweep resumes, and the table's ratios come from saved cases)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from eval import bench_decode
+from sglang_ext.fixtures import write_fixture
+
+
+def test_options_come_from_the_tiny_recipe_with_real_shape_overrides() -> None:
+    ct = bench_decode.server_args("ct-mxfp4", [])
+    assert ct[ct.index("--moe-runner-backend") + 1] == "marlin" and "--mem-fraction-static" in ct
+    ct = bench_decode.server_args("ct-mxfp4", ["moe-runner-backend=triton"])
+    assert ct[ct.index("--moe-runner-backend") + 1] == "triton"
+    nvfp4 = bench_decode.server_args("modelopt-nvfp4", [])
+    assert nvfp4[nvfp4.index("--quantization") + 1] == "modelopt_fp4"
+
+
+def test_cases_cover_fse_on_off_and_stock_configs() -> None:
+    labels = [c.label for c in bench_decode.cases(["bf16", "quark-mxfp4-fse", "modelopt-nvfp4"], True)]
+    assert labels == ["bf16 fse", "bf16 no-fse", "bf16 fse stock-cfg", "quark-mxfp4-fse fse",
+                      "quark-mxfp4-fse no-fse", "modelopt-nvfp4"]  # fmt: skip
+
+
+def test_decode_bytes_read_dense_weights_once_and_the_experts_a_batch_touches(tmp_path: Path) -> None:
+    checkpoint = write_fixture(tmp_path / "bf16", "bf16")
+    config = json.loads((checkpoint / "config.json").read_text())
+    dense = routed = 0
+    for path in checkpoint.glob("*.safetensors"):
+        with safe_open(path, "pt") as f:
+            for name in f.keys():
+                if name.startswith(("mtp.", "model.visual.")) or "embed_tokens" in name:
+                    continue
+                size = f.get_slice(name).get_shape()
+                nbytes = f.get_tensor(name).element_size()
+                for dim in size:
+                    nbytes *= dim
+                if ".mlp.experts." in name:
+                    routed += nbytes
+                else:
+                    dense += nbytes
+    top_k, experts = config["text_config"]["num_experts_per_tok"], config["text_config"]["num_experts"]
+    assert bench_decode.decode_bytes(checkpoint, config, 1) == pytest.approx(dense + routed * top_k / experts)
+    assert bench_decode.decode_bytes(checkpoint, config, 10_000) == pytest.approx(dense + routed)
+
+
+def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float]) -> None:
+    rows = [bench_decode.Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency, batch / latency * 1e3,
+                             latency / 8, 0.5, 0.5 / latency) for batch, latency in ms.items()]  # fmt: skip
+    bench_decode.save_case(out / "cases" / f"{case.slug}.json", rows, "qwen3.5-35b-a3b", 8, 3000.0)
+
+
+def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, monkeypatch, capsys) -> None:
+    Case = bench_decode.Case
+    _saved(tmp_path, Case("bf16", True), {1: 4.0, 8: 5.0})
+    _saved(tmp_path, Case("bf16", False), {1: 4.4, 8: 6.0})
+    _saved(tmp_path, Case("bf16", True, stock_moe_configs=True), {1: 4.0, 8: 6.5})
+    _saved(tmp_path, Case("quark-w8a8-int8", True), {1: 2.5, 8: 4.0})  # another run's format: in the table too
+    bench_decode.save_case(tmp_path / "cases" / "other-shape.json", [], "qwen3.5-397b-a17b-tp4", 8, 3000.0)
+    monkeypatch.setattr(sys, "argv", ["bench_decode", "--formats", "bf16", "--stock-moe-configs", "--out", str(tmp_path)])
+    assert bench_decode.main() == 0  # every case saved: nothing to run, no GPU needed
+    report = json.loads((tmp_path / "bench_decode.json").read_text())
+    by = {(r["case"], r["batch"]): r for r in report["rows"]}
+    assert by[("bf16 no-fse", 8)]["vs_bf16"] == pytest.approx(5.0 / 6.0)
+    assert by[("quark-w8a8-int8 fse", 1)]["vs_bf16"] == pytest.approx(4.0 / 2.5)
+    assert by[("bf16 fse", 8)]["tuned_vs_stock"] == pytest.approx(6.5 / 5.0)
+    assert by[("bf16 fse stock-cfg", 8)]["tuned_vs_stock"] is None
+    assert len(report["rows"]) == 8
+    assert "quark-w8a8-int8 fse" in capsys.readouterr().out
