@@ -148,7 +148,9 @@ def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], 
     result_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "sglang.bench_one_batch", "--model-path", str(checkpoint),
                "--batch-size", *map(str, batches), "--input-len", "256", "--output-len", "32",
-               "--result-filename", str(result_file), *args]  # fmt: skip
+               "--result-filename", str(result_file),
+               "--cuda-graph-bs-decode", *map(str, batches),  # capture only the measured sizes
+               *args]  # fmt: skip
     if case.fse is False:
         command.append("--disable-shared-experts-fusion")
     env = {**os.environ, "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_ext.models",

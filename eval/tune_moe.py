@@ -251,7 +251,7 @@ def print_table(rows: list[Row]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.tune_moe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="qwen3.5-35b-a3b", choices=[s for s in SHAPES if s != "tiny"])
+    parser.add_argument("--shape", default="qwen3.5-35b-a3b", choices=list(SHAPES))
     parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {', '.join(DTYPES)}")
     parser.add_argument("--fse", default="on,off", help="on, off or on,off: with the shared expert fused (E+1)")
     parser.add_argument("--batch-sizes", default=",".join(map(str, DECODE_BATCHES)))

@@ -76,8 +76,27 @@ def test_search_space_is_sglangs_narrowed_by_rows_per_expert(batch: int) -> None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang 0.5.17 is not importable here")
-def test_files_carry_sglangs_lookup_names() -> None:
+def test_files_carry_sglangs_lookup_names(monkeypatch) -> None:
+    from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config
+
+    monkeypatch.setattr(fused_moe_triton_config, "get_device_name", lambda: "NVIDIA H200")
     shape = tune_moe.moe_shape("qwen3.5-35b-a3b", fse=True)
-    assert tune_moe.config_file(shape, "bf16").startswith("E=257,N=512,device_name=")
-    int8 = tune_moe.config_file(shape, "int8_w8a8")
-    assert int8.endswith(",dtype=int8_w8a8,per_channel_quant=True.json")
+    assert tune_moe.config_file(shape, "bf16") == "E=257,N=512,device_name=NVIDIA_H200.json"
+    assert tune_moe.config_file(shape, "int8_w8a8") == (
+        "E=257,N=512,device_name=NVIDIA_H200,dtype=int8_w8a8,per_channel_quant=True.json")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang 0.5.17 is not importable here")
+def test_sglang_gets_its_configs_and_ours(tmp_path: Path, monkeypatch) -> None:
+    from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config
+
+    monkeypatch.delenv(moe_configs.ENV, raising=False)
+    ours = "E=257,N=512,device_name=NVIDIA_H200.json"
+    _write(tmp_path / "tuned/configs/triton_3_6_0" / ours, "{}")
+    monkeypatch.setattr(moe_configs, "TUNED_ROOT", tmp_path / "tuned")
+    merged = moe_configs.use_tuned_moe_configs(tmp_path / "cache")
+    assert os.environ[moe_configs.ENV] == str(merged)
+    stock = Path(fused_moe_triton_config.__file__).parent / "configs"
+    stock_files = {p.relative_to(stock) for p in stock.glob("triton_*/*.json")}
+    merged_files = {p.relative_to(merged / "configs") for p in (merged / "configs").glob("triton_*/*.json")}
+    assert len(stock_files) > 100 and merged_files == stock_files | {Path("triton_3_6_0") / ours}

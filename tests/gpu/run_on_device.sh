@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the GPU tests on a bare GPU machine with no package index: unpack the offline SGLang bundle parts
-# (built by shared/tools/gpu-bundle/build.sh into .gpu/bundle) found here, then run pytest on the given paths (default tests/gpu).
+# (built by shared/tools/gpu-bundle/build.sh into .gpu/bundle) found here, then run pytest on the given paths (default tests/gpu),
+# or with `--run COMMAND...` that command (e.g. --run python -m eval.bench_decode).
 # The parts may arrive in separate calls (a call carries at most 64 MiB): run this once per part; tests
 # start once both parts are installed.  Logs go to $OUT (or ./runs) so nothing is lost.
 set -uo pipefail
@@ -25,5 +26,10 @@ if [ ! -e "$PREFIX/.part-a.done" ] || [ ! -e "$PREFIX/.part-b.done" ]; then
 fi
 export PYTHONPATH="$PREFIX:$PREFIX/extra${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOGS/gpu.txt"
+if [ "${1:-}" = "--run" ]; then
+  shift
+  "$@" 2>&1 | tee "$LOGS/run.log"
+  exit "${PIPESTATUS[0]}"
+fi
 python3 -m pytest -v -s -p no:cacheprovider "${@:-tests/gpu}" 2>&1 | tee "$LOGS/gpu-tests.log"
 exit "${PIPESTATUS[0]}"
