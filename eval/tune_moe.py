@@ -122,8 +122,10 @@ class Kernel:
         from sglang.srt.layers.moe.moe_runner.triton_utils import fused_experts, override_config
 
         int8 = self.dtype == "int8_w8a8"
+        # In place, as SGLang's tuner runs it: the out-of-place path allocates its output from the tensor-
+        # parallel group's symmetric memory pool, which needs an initialised process group.
         with override_config(config):
-            fused_experts(x, self.w1, self.w2, topk, MoeRunnerConfig(inplace=False), use_int8_w8a8=int8,
+            fused_experts(x, self.w1, self.w2, topk, MoeRunnerConfig(inplace=True), use_int8_w8a8=int8,
                           per_channel_quant=int8, w1_scale=self.w1_scale, w2_scale=self.w2_scale)  # fmt: skip
 
     def microseconds(self, batch: int, config: dict | None, replays: int = 20) -> float:
