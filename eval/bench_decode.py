@@ -163,7 +163,10 @@ def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], 
         tail = log.read_text().splitlines()[-15:]
         raise RuntimeError(f"bench_one_batch failed for {case.label} ({log}):\n" + "\n".join(tail))
     rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
-    return {row["batch_size"]: row for row in rows}
+    measured = {row["batch_size"]: row for row in rows}
+    if missing := sorted(set(batches) - set(measured)):  # bench_one_batch skips sizes its KV pool cannot hold
+        raise RuntimeError(f"bench_one_batch measured no batch size {missing} for {case.label} (see {log})")
+    return measured
 
 
 def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: int, bandwidth_gbs: float) -> list[Row]:
