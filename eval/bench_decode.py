@@ -38,7 +38,7 @@ from pathlib import Path
 
 from launch.errors import LaunchError
 from launch.recipe import load_recipe, recipe_paths
-from sglang_ext.fixtures import write_fixture
+from sglang_ext.fixtures import STAMP_FILE, write_fixture
 from sglang_ext.formats.safetensors_headers import read_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -241,7 +241,7 @@ def main() -> int:
         print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s; {len(todo)} cases to run", flush=True)
     for fmt in dict.fromkeys(c.fmt for c in todo):
         checkpoint = args.out / "checkpoints" / f"{args.shape}-{args.layers}L-{fmt}"
-        if not (checkpoint / "config.json").exists():
+        if not (checkpoint / STAMP_FILE).exists():  # written last: a run cut off mid-write starts over
             started = time.perf_counter()
             write_fixture(checkpoint, fmt, shape=args.shape, num_layers=args.layers, device="cuda")
             print(f"{fmt}: wrote {checkpoint.name} in {time.perf_counter() - started:.0f} s", flush=True)
