@@ -5,8 +5,9 @@
                                 [--stock-moe-configs]
 
 SGLang's options for each format come from its tiny recipe (recipes/tiny-*.yaml, the recipe whose
-model.fixture is that format), then REAL_SHAPE_OPTIONS (what only the tiny model's size kept out of the
-tiny recipe), then `--set FORMAT:KEY=VALUE`. For each format it writes a real-shaped random checkpoint on the GPU (`sglang_ext.fixtures`, valid scales:
+model.fixture is that format), with `--set FORMAT:KEY=VALUE` on top; ct-mxfp4 at real shapes wants
+`--set ct-mxfp4:moe-runner-backend=marlin` as recipes/qwen3.5-35b-mxfp4-h100.yaml serves it (the tiny
+model's hidden size keeps Marlin out of tiny-ct-mxfp4). For each format it writes a real-shaped random checkpoint on the GPU (`sglang_ext.fixtures`, valid scales:
 no Inf/NaN reaching the kernels), then runs `python -m sglang.bench_one_batch` on it, once per fused-
 shared-expert setting where the format allows both. It prints one table and writes bench_decode.json:
 median decode step latency and tok/s per batch size, per-layer milliseconds, the ratio against BF16 at the
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from launch.errors import LaunchError
 from launch.recipe import load_recipe, recipe_paths
+from sglang_ext import moe_configs
 from sglang_ext.fixtures import STAMP_FILE, write_fixture
 from sglang_ext.formats.safetensors_headers import read_checkpoint
 
@@ -45,19 +47,15 @@ REPO = Path(__file__).resolve().parent.parent
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
 TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs SGLang's Triton fused kernel
 MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
-# ct-mxfp4 serves through Marlin at real shapes, as recipes/qwen3.5-35b-mxfp4-h100.yaml does; SGLang's
-# Marlin MXFP4 MoE cannot take the tiny model's hidden size, so tiny-ct-mxfp4 leaves the runner on auto.
-REAL_SHAPE_OPTIONS = {"ct-mxfp4": ["moe-runner-backend=marlin"]}
 
 
 def server_args(fmt: str, sets: list[str]) -> list[str]:
-    """SGLang options for `fmt`: its tiny recipe's server_args, the GPU's memory, the real-shape options,
-    then `sets` (KEY=VALUE)."""
+    """SGLang options for `fmt`: its tiny recipe's server_args, the GPU's memory, then `sets` (KEY=VALUE)."""
     names = [name for name in recipe_paths() if name.startswith("tiny-")]
     recipe = next((n for n in names if load_recipe(n).recipe.model.fixture == fmt), None)
     if recipe is None:
         raise LaunchError(f"no tiny recipe serves format {fmt!r}", hint=f"one of: {', '.join(names)}")
-    return load_recipe(recipe, [MEM_FRACTION, *REAL_SHAPE_OPTIONS.get(fmt, []), *sets]).server_cli
+    return load_recipe(recipe, [MEM_FRACTION, *sets]).server_cli
 
 
 @dataclass(frozen=True)
@@ -135,14 +133,6 @@ def cases(formats: list[str], stock_moe_configs: bool) -> list[Case]:
     return out
 
 
-def stock_moe_config_dir() -> str:
-    """SGLang's own fused-MoE config folder (what SGLANG_MOE_CONFIG_DIR defaults to)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe_triton_config")
-    return str(Path(spec.origin).parent)
-
-
 def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], out: Path) -> dict[int, dict]:
     result_file, log = out / f"{case.slug}.jsonl", out / f"{case.slug}.log"
     result_file.unlink(missing_ok=True)
@@ -156,7 +146,7 @@ def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], 
     env = {**os.environ, "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_ext.models",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     if case.stock_moe_configs:
-        env["SGLANG_MOE_CONFIG_DIR"] = stock_moe_config_dir()  # sglang_ext.moe_configs leaves a set one alone
+        env[moe_configs.ENV] = str(moe_configs.stock_config_dir())  # sglang_ext.moe_configs leaves a set one alone
     with log.open("w") as handle:
         done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=900)
     if done.returncode != 0:

@@ -32,6 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from sglang_ext.fixtures.model_config import SHAPES
 from sglang_ext.moe_configs import TUNED_ROOT
 
@@ -87,9 +89,7 @@ class Kernel:
     """SGLang's fused MoE for one shape and dtype on random weights with valid scales, and its timing."""
 
     def __init__(self, shape: MoeShape, dtype: str, seed: int = 0) -> None:
-        import torch
-
-        self.torch, self.shape, self.dtype = torch, shape, dtype
+        self.shape, self.dtype = shape, dtype
         g = torch.Generator(device="cuda").manual_seed(seed)
         e, n, h = shape.experts, shape.intermediate, shape.hidden
         if dtype == "int8_w8a8":
@@ -107,7 +107,7 @@ class Kernel:
     def inputs(self, batch: int):
         from sglang.srt.layers.moe.topk import StandardTopKOutput
 
-        torch, shape = self.torch, self.shape
+        shape = self.shape
         routed = shape.experts - shape.fused_shared
         logits = torch.randn(batch, routed, generator=self.generator, device="cuda")
         weights, ids = logits.softmax(-1).topk(shape.top_k - shape.fused_shared)
@@ -131,7 +131,6 @@ class Kernel:
     def microseconds(self, batch: int, config: dict | None, replays: int = 20) -> float:
         """Mean time of one kernel call: a CUDA graph of 10 calls, warmed, replayed `replays` times (SGLang's
         scheme). `config` None: SGLang's own choice (its default where no file matches)."""
-        torch = self.torch
         x, topk = self.inputs(batch)
         self.run(x, topk, config)
         torch.cuda.synchronize()
@@ -268,9 +267,6 @@ def main() -> int:
     if bad := [f for f in args.fse.split(",") if f not in fse]:
         parser.error(f"--fse {bad[0]}: expected on, off or on,off")
     batches = sorted({int(b) for b in args.batch_sizes.split(",")})
-
-    import torch
-
     if not torch.cuda.is_available():
         print("error: tuning needs a CUDA GPU (and SGLang 0.5.17 importable)", file=sys.stderr)
         return 1

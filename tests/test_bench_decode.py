@@ -12,11 +12,11 @@ from eval import bench_decode
 from sglang_ext.fixtures import write_fixture
 
 
-def test_options_come_from_the_tiny_recipe_with_real_shape_overrides() -> None:
+def test_options_come_from_the_tiny_recipe_with_sets_on_top() -> None:
     ct = bench_decode.server_args("ct-mxfp4", [])
-    assert ct[ct.index("--moe-runner-backend") + 1] == "marlin" and "--mem-fraction-static" in ct
-    ct = bench_decode.server_args("ct-mxfp4", ["moe-runner-backend=triton"])
-    assert ct[ct.index("--moe-runner-backend") + 1] == "triton"
+    assert "--moe-runner-backend" not in ct and "--mem-fraction-static" in ct  # the recipe's auto
+    ct = bench_decode.server_args("ct-mxfp4", ["moe-runner-backend=marlin"])
+    assert ct[ct.index("--moe-runner-backend") + 1] == "marlin"
     nvfp4 = bench_decode.server_args("modelopt-nvfp4", [])
     assert nvfp4[nvfp4.index("--quantization") + 1] == "modelopt_fp4"
 

@@ -3,6 +3,7 @@ error and full agreement; one that answers with other logprobs and tokens is cau
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from sglang_ext.fixtures import write_fixture
@@ -64,3 +65,12 @@ def test_split_runs_merge_into_one_table(tmp_path: Path, capsys) -> None:
     assert conformance.failures(results[:1], pairs) == []
     assert conformance.failures(results[:1], []) == [
         "FSE on/off of tiny-bf16: not compared (a case of the pair did not run or failed)"]
+
+
+def test_bad_merge_input_names_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "conformance.json"
+    broken.write_text('{"results": [')
+    with pytest.raises(ValueError, match=f"{broken}: not a conformance.json .* pass the conformance.json"):
+        conformance.load_runs([broken])
+    with pytest.raises(ValueError, match="missing.json: not a conformance.json"):
+        conformance.load_runs([tmp_path / "missing.json"])

@@ -10,6 +10,7 @@ named by its content, and is built once (atomically, so tensor-parallel ranks st
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -49,17 +50,21 @@ def merged_config_dir(stock_root: Path, tuned_root: Path, cache: Path) -> Path:
     return target
 
 
+def stock_config_dir() -> Path:
+    """SGLang's own fused-MoE config folder (what SGLANG_MOE_CONFIG_DIR defaults to), found without
+    importing SGLang."""
+    spec = importlib.util.find_spec("sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe_triton_config")
+    return Path(spec.origin).resolve().parent
+
+
 def use_tuned_moe_configs(cache: Path | None = None) -> Path | None:
     """Point SGLang's fused-MoE config lookup at the merged view, unless the user set SGLANG_MOE_CONFIG_DIR
     (theirs is kept) or no tuned config ships. Must run in the process that runs the MoE kernels, before
     its first forward; `sglang_ext.models` calls it at import."""
     if os.environ.get(ENV) or not tuned_files():
         return None
-    from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config
-
-    stock = Path(fused_moe_triton_config.__file__).resolve().parent
     cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sglang_ext" / "moe_configs"
-    merged = merged_config_dir(stock, TUNED_ROOT, cache)
+    merged = merged_config_dir(stock_config_dir(), TUNED_ROOT, cache)
     os.environ[ENV] = str(merged)
     logger.info("fused-MoE configs: SGLang's plus %d tuned by sglang_ext (%s)", len(tuned_files()), merged)
     return merged

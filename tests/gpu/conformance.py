@@ -319,11 +319,16 @@ def print_table(results: list[Result], pairs: list[dict]) -> None:
 
 
 def load_runs(paths: list[Path]) -> tuple[list[Result], list[dict]]:
+    """Results and FSE pairs of earlier runs; ValueError naming the file that is not a conformance.json."""
     results, pairs = [], []
     for path in paths:
-        saved = json.loads(path.read_text())
-        results += [Result(**row) for row in saved["results"]]
-        pairs += saved["fse_pairs"]
+        try:
+            saved = json.loads(path.read_text())
+            results += [Result(**row) for row in saved["results"]]
+            pairs += saved["fse_pairs"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a conformance.json this script wrote ({type(error).__name__}: {error}); "
+                             "pass the conformance.json in a run's --out folder") from error  # fmt: skip
     return results, pairs
 
 
@@ -334,10 +339,15 @@ def main() -> int:
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="print one table from these runs' conformance.json")
     args = parser.parse_args()
     if args.merge:
-        results, pairs = load_runs(args.merge)
+        try:
+            results, pairs = load_runs(args.merge)
+        except ValueError as error:
+            parser.error(f"--merge {error}")
     else:
-        wanted = set(args.cases.split(",")) if args.cases else None
-        results, pairs = run(tuple(c for c in CASES if wanted is None or c.label in wanted), args.out)
+        wanted = set(args.cases.split(",")) if args.cases else {c.label for c in CASES}
+        if unknown := wanted - {c.label for c in CASES}:
+            parser.error(f"--cases: no case {', '.join(sorted(unknown))}; the cases: {', '.join(c.label for c in CASES)}")
+        results, pairs = run(tuple(c for c in CASES if c.label in wanted), args.out)
     print_table(results, pairs)
     missed = failures(results, pairs)
     print("\n".join(f"FAIL {why}" for why in missed) or f"PASS: {len(results)} cases, {len(pairs)} FSE pairs")
