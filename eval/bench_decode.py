@@ -86,6 +86,8 @@ class Row:
     floor_ms: float
     bandwidth_fraction: float
     vs_bf16: float | None = None
+    floor_vs_bf16: float | None = None  # the speed-up over BF16 the weight bytes allow
+    fse_vs_unfused: float | None = None
     tuned_vs_stock: float | None = None
 
 
@@ -171,12 +173,18 @@ def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: i
 
 
 def with_ratios(rows: list[Row]) -> list[Row]:
-    """Fill each row's speed-up over BF16 (FSE on, shipped configs) and, for the shipped-config rows of a
-    format also measured with SGLang's stock configs, the tuned/stock ratio; both at the same batch size."""
+    """Fill, at the same batch size: each row's speed-up over BF16 (FSE on, shipped configs) and the one its
+    weight bytes allow; for FSE-on rows the speed-up over the same format unfused; and for the shipped-config
+    rows of a format also measured with SGLang's stock configs, the tuned/stock ratio."""
     ms = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r.decode_ms for r in rows}
+    floors = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r.floor_ms for r in rows}
     for r in rows:
         baseline = ms.get(("bf16", True, False, r.batch))
         r.vs_bf16 = baseline / r.decode_ms if baseline else None
+        baseline_floor = floors.get(("bf16", True, False, r.batch))
+        r.floor_vs_bf16 = baseline_floor / r.floor_ms if baseline_floor else None
+        unfused = ms.get((r.fmt, False, r.stock_moe_configs, r.batch)) if r.fse else None
+        r.fse_vs_unfused = unfused / r.decode_ms if unfused else None
         stock = ms.get((r.fmt, r.fse, True, r.batch))
         r.tuned_vs_stock = stock / r.decode_ms if stock and not r.stock_moe_configs else None
     return rows
@@ -255,18 +263,24 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def ratio(value: float | None) -> str:
+    return f"{value:.2f}" if value else ""
+
+
 def print_table(rows: list[Row], shape: str, layers: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"decode, {shape} with {layers} layers (sglang.bench_one_batch, in 256 / out 32)")
-    for column in ("case", "batch", "ms/step", "tok/s", "ms/layer", "× BF16", "tuned/stock cfg", "floor ms", "of floor"):
+    columns = ("case", "batch", "ms/step", "tok/s", "ms/layer", "× BF16", "floor × BF16", "FSE on/off", "tuned/stock cfg",
+               "floor ms", "of floor")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(r.case, str(r.batch), f"{r.decode_ms:.2f}", f"{r.tok_s:.0f}", f"{r.ms_per_layer:.3f}",
-                      f"{r.vs_bf16:.2f}" if r.vs_bf16 else "", f"{r.tuned_vs_stock:.2f}" if r.tuned_vs_stock else "",
-                      f"{r.floor_ms:.2f}", f"{r.bandwidth_fraction:.0%}")  # fmt: skip
-    Console(width=150).print(table)
+        table.add_row(r.case, str(r.batch), f"{r.decode_ms:.2f}", f"{r.tok_s:.0f}", f"{r.ms_per_layer:.3f}", ratio(r.vs_bf16),
+                      ratio(r.floor_vs_bf16), ratio(r.fse_vs_unfused), ratio(r.tuned_vs_stock), f"{r.floor_ms:.2f}",
+                      f"{r.bandwidth_fraction:.0%}")  # fmt: skip
+    Console(width=170).print(table)
 
 
 if __name__ == "__main__":

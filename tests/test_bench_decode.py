@@ -49,9 +49,9 @@ def test_decode_bytes_read_dense_weights_once_and_the_experts_a_batch_touches(tm
     assert bench_decode.decode_bytes(checkpoint, config, 10_000) == pytest.approx(dense + routed)
 
 
-def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float]) -> None:
+def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float], floor: float = 0.5) -> None:
     rows = [bench_decode.Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency, batch / latency * 1e3,
-                             latency / 8, 0.5, 0.5 / latency) for batch, latency in ms.items()]  # fmt: skip
+                             latency / 8, floor, floor / latency) for batch, latency in ms.items()]  # fmt: skip
     bench_decode.save_case(out / "cases" / f"{case.slug}.json", rows, "qwen3.5-35b-a3b", 8, 3000.0)
 
 
@@ -60,7 +60,7 @@ def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, mo
     _saved(tmp_path, Case("bf16", True), {1: 4.0, 8: 5.0})
     _saved(tmp_path, Case("bf16", False), {1: 4.4, 8: 6.0})
     _saved(tmp_path, Case("bf16", True, stock_moe_configs=True), {1: 4.0, 8: 6.5})
-    _saved(tmp_path, Case("quark-w8a8-int8", True), {1: 2.5, 8: 4.0})  # another run's format: in the table too
+    _saved(tmp_path, Case("quark-w8a8-int8", True), {1: 2.5, 8: 4.0}, floor=0.4)  # another run's format: in the table too
     bench_decode.save_case(tmp_path / "cases" / "other-shape.json", [], "qwen3.5-397b-a17b-tp4", 8, 3000.0)
     monkeypatch.setattr(sys, "argv", ["bench_decode", "--formats", "bf16", "--stock-moe-configs", "--out", str(tmp_path)])
     assert bench_decode.main() == 0  # every case saved: nothing to run, no GPU needed
@@ -70,5 +70,9 @@ def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, mo
     assert by[("quark-w8a8-int8 fse", 1)]["vs_bf16"] == pytest.approx(4.0 / 2.5)
     assert by[("bf16 fse", 8)]["tuned_vs_stock"] == pytest.approx(6.5 / 5.0)
     assert by[("bf16 fse stock-cfg", 8)]["tuned_vs_stock"] is None
+    assert by[("bf16 fse", 8)]["fse_vs_unfused"] == pytest.approx(6.0 / 5.0)
+    assert by[("bf16 no-fse", 8)]["fse_vs_unfused"] is None
+    assert by[("quark-w8a8-int8 fse", 1)]["fse_vs_unfused"] is None  # its unfused case was not run
+    assert by[("quark-w8a8-int8 fse", 1)]["floor_vs_bf16"] == pytest.approx(0.5 / 0.4)
     assert len(report["rows"]) == 8
     assert "quark-w8a8-int8 fse" in capsys.readouterr().out
