@@ -38,7 +38,7 @@ from sglang_ext.fixtures.model_config import SHAPES
 from sglang_ext.moe_configs import TUNED_ROOT
 
 DTYPES = ("bf16", "int8_w8a8")  # the fused-MoE kernels of the BF16 and Quark W8A8 INT8 formats
-DECODE_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # SGLang takes the nearest size in between
 # SGLang's default grid above the tuned range: files keep its default config there.
 PREFILL_BATCHES = (512, 1024, 1536, 2048, 3072, 4096)
 
@@ -220,6 +220,8 @@ def tune_file(shape: MoeShape, dtype: str, batches: list[int], jobs: int) -> tup
             tuned_us, best[batch] = min(timed, key=lambda pair: pair[0])
             default_us = kernel.microseconds(batch, default_config(shape, dtype, batch))
             rows.append(Row(name, batch, tuned_us, default_us, default_us / tuned_us, best[batch]))
+        for batch in PREFILL_BATCHES:  # SGLang's default above the tuned range (needs its server-args context)
+            best.setdefault(batch, default_config(shape, dtype, batch))
     return best, rows
 
 
@@ -227,8 +229,6 @@ def write_config(best: dict[int, dict], shape: MoeShape, dtype: str, out: Path) 
     import triton
 
     configs = dict(sorted(best.items()))
-    for batch in PREFILL_BATCHES:
-        configs.setdefault(batch, default_config(shape, dtype, batch))
     path = out / "configs" / f"triton_{triton.__version__.replace('.', '_')}" / config_file(shape, dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({str(batch): config for batch, config in configs.items()}, indent=4) + "\n")
