@@ -1,6 +1,6 @@
 """Decode speed of each checkpoint format at real Qwen3.5 shapes, through SGLang's one-batch benchmark.
 
-    python -m eval.bench_decode [--shape qwen3.5-35b-a3b] [--layers 8] [--formats bf16,quark-w8a8-int8,...]
+    python -m eval.bench_decode [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,quark-w8a8-int8,...]
                                 [--batch-sizes 1,8,32,64,128] [--set FORMAT:KEY=VALUE ...] [--out DIR]
                                 [--stock-moe-configs]
 
@@ -8,7 +8,7 @@ SGLang's options for each format come from its tiny recipe (recipes/tiny-*.yaml,
 model.fixture is that format), with `--set FORMAT:KEY=VALUE` on top; ct-mxfp4 at real shapes wants
 `--set ct-mxfp4:moe-runner-backend=marlin` as recipes/qwen3.5-35b-mxfp4-h100.yaml serves it (the tiny
 model's hidden size keeps Marlin out of tiny-ct-mxfp4). For each format it writes a real-shaped random checkpoint on the GPU (`sglang_ext.fixtures`, valid scales:
-no Inf/NaN reaching the kernels), then runs `python -m sglang.bench_one_batch` on it, once per fused-
+no Inf/NaN reaching the kernels), then runs `python -m sglang.benchmark.one_batch` on it, once per fused-
 shared-expert setting where the format allows both. It prints one table and writes bench_decode.json:
 median decode step latency and tok/s per batch size, per-layer milliseconds, the ratio against BF16 at the
 same batch size from this same run, and a roofline: the weight bytes one decode step must read (every
@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,13 +50,18 @@ TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs S
 MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
 
 
-def server_args(fmt: str, sets: list[str]) -> list[str]:
-    """SGLang options for `fmt`: its tiny recipe's server_args, the GPU's memory, then `sets` (KEY=VALUE)."""
+def tiny_recipe(fmt: str) -> str:
+    """The tiny recipe whose model.fixture is `fmt`: the SGLang options this repository serves it with."""
     names = [name for name in recipe_paths() if name.startswith("tiny-")]
     recipe = next((n for n in names if load_recipe(n).recipe.model.fixture == fmt), None)
     if recipe is None:
         raise LaunchError(f"no tiny recipe serves format {fmt!r}", hint=f"one of: {', '.join(names)}")
-    return load_recipe(recipe, [MEM_FRACTION, *sets]).server_cli
+    return recipe
+
+
+def server_args(fmt: str, sets: list[str]) -> list[str]:
+    """SGLang options for `fmt`: its tiny recipe's server_args, the GPU's memory, then `sets` (KEY=VALUE)."""
+    return load_recipe(tiny_recipe(fmt), [MEM_FRACTION, *sets]).server_cli
 
 
 @dataclass(frozen=True)
@@ -135,17 +141,38 @@ def cases(formats: list[str], stock_moe_configs: bool) -> list[Case]:
     return out
 
 
-def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], out: Path) -> dict[int, dict]:
-    result_file, log = out / f"{case.slug}.jsonl", out / f"{case.slug}.log"
-    result_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "sglang.bench_one_batch", "--model-path", str(checkpoint),
+def ensure_checkpoint(out: Path, shape: str, layers: int, fmt: str) -> Path:
+    """The real-shaped random checkpoint of `fmt` under OUT/checkpoints, written on the GPU unless a complete
+    one is there."""
+    checkpoint = out / "checkpoints" / f"{shape}-{layers}L-{fmt}"
+    if not (checkpoint / STAMP_FILE).exists():  # written last: a run cut off mid-write starts over
+        started = time.perf_counter()
+        write_fixture(checkpoint, fmt, shape=shape, num_layers=layers, device="cuda")
+        print(f"{fmt}: wrote {checkpoint.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return checkpoint
+
+
+def each_checkpoint(out: Path, shape: str, layers: int, formats: list[str]) -> Iterator[tuple[str, Path]]:
+    """(format, checkpoint) one format at a time, each non-BF16 checkpoint deleted after its turn: real-
+    shaped checkpoints are tens of GB, so disk holds BF16 (every run's baseline) and one other at most."""
+    for fmt in formats:
+        checkpoint = ensure_checkpoint(out, shape, layers, fmt)
+        yield fmt, checkpoint
+        if fmt != "bf16":
+            shutil.rmtree(checkpoint)
+
+
+def one_batch(checkpoint: Path, args: list[str], case: Case, batches: list[int], extra: list[str], log: Path,
+              env: dict[str, str] | None = None) -> None:  # fmt: skip
+    """SGLang's one-batch benchmark on `checkpoint` for `case` (in 256 / out 32 unless `extra` says
+    otherwise), its output in `log`; raises RuntimeError with the log's tail when it fails."""
+    command = [sys.executable, "-m", "sglang.benchmark.one_batch", "--model-path", str(checkpoint),
                "--batch-size", *map(str, batches), "--input-len", "256", "--output-len", "32",
-               "--result-filename", str(result_file),
                "--cuda-graph-bs-decode", *map(str, batches),  # capture only the measured sizes
-               *args]  # fmt: skip
+               *args, *extra]  # fmt: skip
     if case.fse is False:
         command.append("--disable-shared-experts-fusion")
-    env = {**os.environ, "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_ext.models",
+    env = {**os.environ, **(env or {}), "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_ext.models",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     if case.stock_moe_configs:
         env[moe_configs.ENV] = str(moe_configs.stock_config_dir())  # sglang_ext.moe_configs leaves a set one alone
@@ -153,11 +180,17 @@ def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], 
         done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=900)
     if done.returncode != 0:
         tail = log.read_text().splitlines()[-15:]
-        raise RuntimeError(f"bench_one_batch failed for {case.label} ({log}):\n" + "\n".join(tail))
+        raise RuntimeError(f"sglang.benchmark.one_batch failed for {case.label} ({log}):\n" + "\n".join(tail))
+
+
+def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], out: Path) -> dict[int, dict]:
+    result_file = out / f"{case.slug}.jsonl"
+    result_file.unlink(missing_ok=True)
+    one_batch(checkpoint, args, case, batches, ["--result-filename", str(result_file)], out / f"{case.slug}.log")
     rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
     measured = {row["batch_size"]: row for row in rows}
-    if missing := sorted(set(batches) - set(measured)):  # bench_one_batch skips sizes its KV pool cannot hold
-        raise RuntimeError(f"bench_one_batch measured no batch size {missing} for {case.label} (see {log})")
+    if missing := sorted(set(batches) - set(measured)):  # one_batch skips sizes its KV pool cannot hold
+        raise RuntimeError(f"one_batch measured no batch size {missing} for {case.label} (see {out / case.slug}.log)")
     return measured
 
 
@@ -205,14 +238,38 @@ def load_cases(folder: Path, shape: str, layers: int) -> list[Row]:
     return rows
 
 
+ALL_FORMATS = "bf16,quark-w8a8-int8,quark-mxfp4-fse,modelopt-nvfp4,ct-mxfp4"
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, formats: str = ALL_FORMATS) -> None:
+    """The options that pick the real-shaped checkpoints and SGLang's options per format (shared by the
+    decode, profile and serving benchmarks)."""
+    parser.add_argument("--shape", default="qwen3.5-35b-a3b")
+    parser.add_argument("--layers", type=int, default=20, help="decoder layers (disk, memory); per-layer ms reported")
+    parser.add_argument("--formats", default=formats)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FORMAT:KEY=VALUE",
+                        help="an SGLang option for one format on top of its tiny recipe")  # fmt: skip
+
+
+def sets_by_format(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, list[str]]:
+    """--set FORMAT:KEY=VALUE items as KEY=VALUE lists per format of --formats; a malformed item or a
+    recipe that rejects one is a usage error, before any GPU work."""
+    if bad := [item for item in args.sets if ":" not in item]:
+        parser.error(f"--set {bad[0]}: expected FORMAT:KEY=VALUE, e.g. ct-mxfp4:moe-runner-backend=marlin")
+    pairs = [item.split(":", 1) for item in args.sets]
+    sets = {fmt: [kv for name, kv in pairs if name == fmt] for fmt in args.formats.split(",")}
+    try:
+        for fmt, items in sets.items():
+            server_args(fmt, items)
+    except LaunchError as error:
+        parser.error(str(error))
+    return sets
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.bench_decode", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="qwen3.5-35b-a3b")
-    parser.add_argument("--layers", type=int, default=8, help="decoder layers (memory); per-layer ms reported")
-    parser.add_argument("--formats", default="bf16,quark-w8a8-int8,quark-mxfp4-fse,modelopt-nvfp4,ct-mxfp4")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--batch-sizes", default="1,8,32,64,128")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FORMAT:KEY=VALUE",
-                        help="an SGLang option for one format on top of its tiny recipe")
     parser.add_argument("--stock-moe-configs", action="store_true",
                         help="also run BF16 and INT8 (FSE on) with SGLang's stock fused-MoE configs")
     parser.add_argument("--rerun", action="store_true", help="measure cases already saved in --out again")
@@ -220,15 +277,7 @@ def main() -> int:
     args = parser.parse_args()
     formats = args.formats.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    # Every recipe or --set error surfaces here, before any GPU work.
-    if bad := [item for item in args.sets if ":" not in item]:
-        parser.error(f"--set {bad[0]}: expected FORMAT:KEY=VALUE, e.g. ct-mxfp4:moe-runner-backend=marlin")
-    sets = [item.split(":", 1) for item in args.sets]
-    try:
-        per_format = {fmt: server_args(fmt, [kv for name, kv in sets if name == fmt]) for fmt in formats}
-    except LaunchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    per_format = {fmt: server_args(fmt, items) for fmt, items in sets_by_format(parser, args).items()}
 
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "cases"
@@ -237,12 +286,7 @@ def main() -> int:
     if todo:
         bandwidth = hbm_bandwidth_gbs()
         print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s; {len(todo)} cases to run", flush=True)
-    for fmt in dict.fromkeys(c.fmt for c in todo):
-        checkpoint = args.out / "checkpoints" / f"{args.shape}-{args.layers}L-{fmt}"
-        if not (checkpoint / STAMP_FILE).exists():  # written last: a run cut off mid-write starts over
-            started = time.perf_counter()
-            write_fixture(checkpoint, fmt, shape=args.shape, num_layers=args.layers, device="cuda")
-            print(f"{fmt}: wrote {checkpoint.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    for fmt, checkpoint in each_checkpoint(args.out, args.shape, args.layers, list(dict.fromkeys(c.fmt for c in todo))):
         for case in (c for c in todo if c.fmt == fmt):
             started = time.perf_counter()
             try:
@@ -254,8 +298,6 @@ def main() -> int:
             save_case(saved / f"{case.slug}.json", case_rows(case, measured, checkpoint, args.layers, bandwidth),
                       args.shape, args.layers, bandwidth)  # fmt: skip
             print(f"{case.label}: measured in {time.perf_counter() - started:.0f} s", flush=True)
-        if fmt != "bf16":
-            shutil.rmtree(checkpoint)  # disk: one real-shaped checkpoint at a time besides BF16
     rows = with_ratios(load_cases(saved, args.shape, args.layers))
     report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows], "failures": failures}
     (args.out / "bench_decode.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -271,7 +313,7 @@ def print_table(rows: list[Row], shape: str, layers: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"decode, {shape} with {layers} layers (sglang.bench_one_batch, in 256 / out 32)")
+    table = Table(title=f"decode, {shape} with {layers} layers (sglang.benchmark.one_batch, in 256 / out 32)")
     columns = ("case", "batch", "ms/step", "tok/s", "ms/layer", "× BF16", "floor × BF16", "FSE on/off", "tuned/stock cfg",
                "floor ms", "of floor")  # fmt: skip
     for column in columns:

@@ -51,8 +51,8 @@ def test_decode_bytes_read_dense_weights_once_and_the_experts_a_batch_touches(tm
 
 def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float], floor: float = 0.5) -> None:
     rows = [bench_decode.Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency, batch / latency * 1e3,
-                             latency / 8, floor, floor / latency) for batch, latency in ms.items()]  # fmt: skip
-    bench_decode.save_case(out / "cases" / f"{case.slug}.json", rows, "qwen3.5-35b-a3b", 8, 3000.0)
+                             latency / 20, floor, floor / latency) for batch, latency in ms.items()]  # fmt: skip
+    bench_decode.save_case(out / "cases" / f"{case.slug}.json", rows, "qwen3.5-35b-a3b", 20, 3000.0)
 
 
 def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -19,6 +19,14 @@ for wheel in .gpu/w*/*.whl; do
   [ -e "$wheel" ] || continue
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$PREFIX/extra" "$wheel" && echo "installed $(basename "$wheel")"
 done
+# SGLang's JIT-compiled kernels (its Marlin MoE takes ~6 min of nvcc on a fresh machine) from an earlier
+# machine: a tar of ~/.cache/tvm-ffi carried in .gpu/jit/; SAVE_JIT=1 writes one to $LOGS after the run.
+JIT_CACHE=${TVM_FFI_CACHE_DIR:-$HOME/.cache/tvm-ffi}
+for cache in .gpu/jit/*.tar; do
+  [ -e "$cache" ] || continue
+  mkdir -p "$JIT_CACHE" && tar -xf "$cache" -C "$JIT_CACHE" && echo "restored JIT kernels from $cache"
+done
+save_jit() { [ -n "${SAVE_JIT:-}" ] && [ -d "$JIT_CACHE" ] && tar -cf "$LOGS/tvm-ffi.tar" -C "$JIT_CACHE" . ; }
 [ -n "${INSTALL_ONLY:-}" ] && exit 0
 if [ ! -e "$PREFIX/.part-a.done" ] || [ ! -e "$PREFIX/.part-b.done" ]; then
   echo "bundle incomplete in $PREFIX (have: $(ls -A "$PREFIX" | grep '^\.part' | tr '\n' ' ')); run again with the other part"
@@ -29,7 +37,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 if [ "${1:-}" = "--run" ]; then
   shift
   "$@" 2>&1 | tee "$LOGS/run.log"
-  exit "${PIPESTATUS[0]}"
+  status=${PIPESTATUS[0]}
+else
+  python3 -m pytest -v -s -p no:cacheprovider "${@:-tests/gpu}" 2>&1 | tee "$LOGS/gpu-tests.log"
+  status=${PIPESTATUS[0]}
 fi
-python3 -m pytest -v -s -p no:cacheprovider "${@:-tests/gpu}" 2>&1 | tee "$LOGS/gpu-tests.log"
-exit "${PIPESTATUS[0]}"
+save_jit
+exit "$status"

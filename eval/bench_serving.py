@@ -1,0 +1,138 @@
+"""Serving throughput of each checkpoint format at real Qwen3.5 shapes, as a ratio against BF16 measured
+in the same run: one SGLang server per case, swept by `python -m eval speed` (SGLang's bench_serving).
+
+    python -m eval.bench_serving [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,...]
+                                 [--concurrency 1,2,4,8,16,32,64] [--set FORMAT:KEY=VALUE ...] [--out DIR]
+
+The cases, checkpoints and SGLang options are eval.bench_decode's (same --out reuses its checkpoints):
+each format's tiny recipe pointed at the real-shaped checkpoint, once per fused-shared-expert setting
+where the format has both. BF16 with FSE on runs first; every other case's output tok/s is divided by
+BF16's at the same prompt shape and concurrency. Servers run one at a time on the recipe's port and are
+stopped (process group and all) before the next starts. Each case's sweep stays in OUT/serving/<case>/
+(speed.json, bench_serving records, server log), and a rerun skips cases whose sweep completed. Prints
+one table and writes bench_serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from eval import bench_decode
+from launch import server
+from launch.errors import LaunchError
+from launch.recipe import load_recipe
+
+BASELINE = bench_decode.Case("bf16", True)
+
+
+@dataclass
+class ServingRow:
+    case: str
+    shape: str
+    concurrency: int
+    request_throughput: float
+    output_throughput: float
+    median_tpot_ms: float | None
+    vs_bf16: float | None = None
+
+
+def case_overrides(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> list[str]:
+    """The format's tiny recipe, served from `checkpoint` with the whole GPU and `case`'s FSE setting."""
+    fse = ["disable-shared-experts-fusion=true"] if case.fse is False else []
+    return [f"model.path={checkpoint}", "model.fixture=null", bench_decode.MEM_FRACTION, *fse, *sets]
+
+
+def speed_command(base_url: str, model: str, checkpoint: Path, concurrency: str, out: Path) -> list[str]:
+    """`python -m eval speed` against one server: random token ids (no dataset download), the
+    checkpoint's own tokenizer."""
+    return [sys.executable, "-m", "eval", "speed", "--base-url", base_url, "--model", model, "--tokenizer",
+            str(checkpoint), "--dataset", "random-ids", "--concurrency", concurrency, "--output", str(out)]  # fmt: skip
+
+
+def sweep(case: bench_decode.Case, checkpoint: Path, sets: list[str], concurrency: str, out: Path) -> Path:
+    """Start the case's server, run eval speed against it, stop the server; returns its speed.json."""
+    loaded = load_recipe(bench_decode.tiny_recipe(case.fmt), case_overrides(case, checkpoint, sets))
+    plan = server.plan(loaded, str(checkpoint), out / "logs")
+    command = speed_command(plan.base_url, loaded.recipe.model.served_name, checkpoint, concurrency, out)
+    with server.running(plan, timeout_s=1200):
+        python_path = os.pathsep.join(filter(None, [str(bench_decode.REPO), os.environ.get("PYTHONPATH")]))
+        done = subprocess.run(command, env={**os.environ, "PYTHONPATH": python_path})
+    if done.returncode != 0:
+        raise RuntimeError(f"eval speed failed for {case.label} (exit {done.returncode}); see {out}")
+    return out / "speed.json"
+
+
+def completed(speed_json: Path) -> bool:
+    return speed_json.exists() and json.loads(speed_json.read_text()).get("failure") is None
+
+
+def rows_of(case: bench_decode.Case, speed_json: Path) -> list[ServingRow]:
+    points = json.loads(speed_json.read_text())["points"]
+    return [ServingRow(case.label, p["shape"], p["concurrency"], p["request_throughput"], p["output_throughput"],
+                       p["median_tpot_ms"]) for p in points]  # fmt: skip
+
+
+def with_ratios(rows: list[ServingRow]) -> list[ServingRow]:
+    baseline = {(r.shape, r.concurrency): r.output_throughput for r in rows if r.case == BASELINE.label}
+    for r in rows:
+        base = baseline.get((r.shape, r.concurrency))
+        r.vs_bf16 = r.output_throughput / base if base else None
+    return rows
+
+
+def print_table(rows: list[ServingRow], shape: str, layers: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"serving, {shape} with {layers} layers (bench_serving, random ids; ratio: output tok/s)")
+    for column in ("case", "prompt shape", "concurrency", "req/s", "output tok/s", "median TPOT ms", "× BF16"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r.case, r.shape, str(r.concurrency), f"{r.request_throughput:.2f}", f"{r.output_throughput:.0f}",
+                      f"{r.median_tpot_ms:.2f}" if r.median_tpot_ms else "", bench_decode.ratio(r.vs_bf16))  # fmt: skip
+    Console(width=150).print(table)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.bench_serving", description=__doc__.split("\n\n")[0])
+    bench_decode.add_checkpoint_arguments(parser)
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
+    args = parser.parse_args()
+    sets = bench_decode.sets_by_format(parser, args)
+    formats = args.formats.split(",")
+    todo = bench_decode.cases(formats, False)
+    if BASELINE not in todo:
+        todo.insert(0, BASELINE)  # every ratio needs it
+        sets.setdefault("bf16", [])
+    todo.sort(key=lambda c: c != BASELINE)
+
+    folder = {c: args.out / "serving" / f"{args.shape}-{args.layers}L" / c.slug for c in todo}
+    pending = [c for c in todo if not completed(folder[c] / "speed.json")]
+    failures: dict[str, str] = {}
+    for fmt, checkpoint in bench_decode.each_checkpoint(args.out, args.shape, args.layers,
+                                                        list(dict.fromkeys(c.fmt for c in pending))):  # fmt: skip
+        for case in (c for c in pending if c.fmt == fmt):
+            try:
+                sweep(case, checkpoint, sets[case.fmt], args.concurrency, folder[case])
+            except (RuntimeError, LaunchError, subprocess.TimeoutExpired) as error:
+                failures[case.label] = str(error)
+                print(f"{case.label}: FAILED\n{error}", flush=True)
+    rows = [row for c in todo if completed(folder[c] / "speed.json") for row in rows_of(c, folder[c] / "speed.json")]
+    rows = with_ratios(rows)
+    report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows], "failures": failures}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_serving.json").write_text(json.dumps(report, indent=2) + "\n")
+    if rows:
+        print_table(rows, args.shape, args.layers)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Where a decode step's GPU time goes, per checkpoint format at real Qwen3.5 shapes: SGLang's one-batch
+benchmark under the torch profiler, its kernels summed by what they compute.
+
+    python -m eval.profile_decode [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,quark-w8a8-int8]
+                                  [--fse on,off] [--batch-sizes 1,64] [--steps 5] [--set FORMAT:KEY=VALUE ...]
+                                  [--out DIR]
+
+The checkpoints, SGLang options and cases are eval.bench_decode's (same --out reuses its checkpoints). For
+each case and batch size it profiles `--steps` decode steps (CUDA graphs replayed as when serving) and
+reads the trace: per step, the kernels launched, the time the GPU was busy (the union of kernel
+intervals, so work overlapped on two streams counts once), the step's span from its first kernel to its
+last, and the kernel time of each group (routed MoE, DeltaNet, attention, dense GEMMs, norms, sampling,
+other) with the kernels that weigh most. A step whose busy time is far below its span waits on the host;
+one with many short kernels is bound by kernel count rather than by bytes. Prints a table and writes
+profile_decode.json; traces stay in OUT/traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eval import bench_decode
+
+# First match wins; names are lower-cased. The MoE group holds routing too (top-k, align, sum).
+GROUPS: tuple[tuple[str, str], ...] = (
+    ("moe", r"fused_moe|moe_|marlin|topk|count_and_sort|append_shared"),
+    ("deltanet", r"gated_delta|recurrent|causal_conv1d|gdn|l2norm|chunk_|solve_tril|kkt"),
+    ("attention", r"attention|attn|_fwd_kernel|flash|rotary|rope|kv_cache|set_kv"),
+    ("norm", r"rmsnorm|layernorm|layer_norm|rms_norm|norm"),  # before gemm: "gemma_rmsnorm"
+    ("gemm", r"gemm|cutlass|xmma|nvjet|cublas|int8_scaled_mm|matmul|splitk|sm90_"),
+    ("sampling", r"softmax|argmax|sort|sampl|logit|multinomial|cumsum"),
+)
+
+
+def group_of(kernel: str) -> str:
+    name = kernel.lower()
+    return next((group for group, pattern in GROUPS if re.search(pattern, name)), "other")
+
+
+@dataclass
+class StepProfile:
+    case: str
+    batch: int
+    steps: int
+    kernels_per_step: float
+    busy_us: float  # union of kernel intervals, per step
+    span_us: float  # first kernel start to last kernel end, per step
+    groups_us: dict[str, float] = field(default_factory=dict)  # summed kernel time per step
+    top_kernels: list[tuple[str, float]] = field(default_factory=list)  # (name, µs per step)
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def summarise_trace(path: Path, case: str, batch: int, steps: int) -> StepProfile:
+    """The decode steps of one torch-profiler chrome trace, per step."""
+    with gzip.open(path, "rt") if path.suffix == ".gz" else path.open() as handle:
+        events = json.load(handle)["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
+    if not kernels:
+        raise ValueError(f"{path}: no GPU kernel in the trace (was the GPU profiled?)")
+    intervals = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels]
+    by_group: dict[str, float] = defaultdict(float)
+    by_name: dict[str, float] = defaultdict(float)
+    for e in kernels:
+        by_group[group_of(e["name"])] += float(e["dur"]) / steps
+        by_name[e["name"]] += float(e["dur"]) / steps
+    top = sorted(by_name.items(), key=lambda item: -item[1])[:8]
+    span = max(stop for _, stop in intervals) - min(start for start, _ in intervals)
+    return StepProfile(case, batch, steps, len(kernels) / steps, union_length(intervals) / steps, span / steps,
+                       dict(sorted(by_group.items(), key=lambda item: -item[1])), top)  # fmt: skip
+
+
+def trace_file(traces: Path, case: bench_decode.Case, batch: int) -> Path:
+    """Where one_batch writes the decode trace of `case` at `batch` (its own naming, in 256 / out 16)."""
+    return traces / f"{case.slug}_batch{batch}_input256_output16_decode.trace.json.gz"
+
+
+def profile_case(checkpoint: Path, args: list[str], case: bench_decode.Case, batches: list[int], steps: int,
+                 out: Path) -> None:  # fmt: skip
+    traces = out / "traces"
+    traces.mkdir(parents=True, exist_ok=True)
+    extra = ["--output-len", "16", "--profile", "--profile-stage", "decode", "--profile-steps", str(steps),
+             "--profile-prefix", case.slug]  # fmt: skip
+    bench_decode.one_batch(checkpoint, args, case, batches, extra, out / f"{case.slug}.profile.log",
+                           env={"SGLANG_TORCH_PROFILER_DIR": str(traces)})  # fmt: skip
+    if missing := [b for b in batches if not trace_file(traces, case, b).exists()]:
+        raise RuntimeError(f"one_batch wrote no decode trace for {case.label} at batch {missing} (see {traces})")
+
+
+def print_table(profiles: list[StepProfile]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    groups = [g for g, _ in GROUPS] + ["other"]
+    table = Table(title="decode step on the GPU (µs per step; torch profiler over CUDA-graph replays)")
+    for column in ("case", "batch", "kernels", "span", "busy", *groups, "top kernel"):
+        table.add_column(column, justify="right")
+    for p in profiles:
+        name, us = p.top_kernels[0]
+        table.add_row(p.case, str(p.batch), f"{p.kernels_per_step:.0f}", f"{p.span_us:.0f}", f"{p.busy_us:.0f}",
+                      *(f"{p.groups_us.get(g, 0.0):.0f}" for g in groups), f"{name[:40]} {us:.0f}")  # fmt: skip
+    Console(width=200).print(table)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.profile_decode", description=__doc__.split("\n\n")[0])
+    bench_decode.add_checkpoint_arguments(parser, formats="bf16,quark-w8a8-int8")
+    parser.add_argument("--fse", default="on,off", help="on, off or on,off, for the formats that can fuse it")
+    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--steps", type=int, default=5, help="decode steps profiled per batch size")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
+    args = parser.parse_args()
+    fse = {"on": True, "off": False}
+    if bad := [f for f in args.fse.split(",") if f not in fse]:
+        parser.error(f"--fse {bad[0]}: expected on, off or on,off")
+    wanted = {fse[f] for f in args.fse.split(",")}
+    formats, batches = args.formats.split(","), [int(b) for b in args.batch_sizes.split(",")]
+    per_format = {f: bench_decode.server_args(f, items) for f, items in bench_decode.sets_by_format(parser, args).items()}
+
+    todo = [c for c in bench_decode.cases(formats, False) if c.fse is None or c.fse in wanted]
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures, profiles = {}, []
+    for fmt in dict.fromkeys(c.fmt for c in todo):
+        checkpoint = None
+        for case in (c for c in todo if c.fmt == fmt):
+            if not all(trace_file(args.out / "traces", case, b).exists() for b in batches):
+                checkpoint = checkpoint or bench_decode.ensure_checkpoint(args.out, args.shape, args.layers, fmt)
+                try:
+                    profile_case(checkpoint, per_format[fmt], case, batches, args.steps, args.out)
+                except (RuntimeError, subprocess.TimeoutExpired) as error:
+                    failures[case.label] = str(error)
+                    print(f"{case.label}: FAILED\n{error}", flush=True)
+                    continue
+            profiles += [summarise_trace(trace_file(args.out / "traces", case, b), case.label, b, args.steps)
+                         for b in batches]  # fmt: skip
+    report = {"shape": args.shape, "layers": args.layers, "profiles": [asdict(p) for p in profiles], "failures": failures}
+    (args.out / "profile_decode.json").write_text(json.dumps(report, indent=2) + "\n")
+    if profiles:
+        print_table(profiles)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

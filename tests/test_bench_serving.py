@@ -1,0 +1,63 @@
+"""eval.bench_serving without a GPU: each case's server options, and the resume path (completed sweeps
+are read back, not rerun; ratios against BF16 at the same prompt shape and concurrency)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval import bench_decode, bench_serving
+from launch.recipe import load_recipe
+
+
+def test_a_case_serves_its_checkpoint_with_its_fse_setting(tmp_path: Path) -> None:
+    case = bench_decode.Case("quark-w8a8-int8", False)
+    overrides = bench_serving.case_overrides(case, tmp_path / "ckpt", ["context-length=4096"])
+    loaded = load_recipe(bench_decode.tiny_recipe(case.fmt), overrides)
+    assert loaded.recipe.model.path == str(tmp_path / "ckpt") and loaded.recipe.model.fixture is None
+    cli = loaded.server_cli
+    assert "--disable-shared-experts-fusion" in cli
+    assert cli[cli.index("--mem-fraction-static") + 1] == "0.8" and cli[cli.index("--context-length") + 1] == "4096"
+    fused = load_recipe("tiny-int8", bench_serving.case_overrides(bench_decode.Case("quark-w8a8-int8", True), tmp_path, []))
+    assert "--disable-shared-experts-fusion" not in fused.server_cli
+
+
+def test_the_sweep_command_is_one_eval_speed_accepts(tmp_path: Path) -> None:
+    from eval.__main__ import parser
+
+    command = bench_serving.speed_command("http://127.0.0.1:30000", "tiny", tmp_path, "1,8", tmp_path / "out")
+    assert command[1:4] == ["-m", "eval", "speed"]
+    args = parser().parse_args(command[3:])
+    assert args.concurrency == [1, 8] and args.dataset == "random-ids" and args.tokenizer == str(tmp_path)
+
+
+def _sweep(folder: Path, tok_s: dict[int, float], failure: dict | None = None) -> None:
+    folder.mkdir(parents=True)
+    points = [{"server": "quantized", "shape": "in512-out128", "concurrency": c, "request_throughput": t / 128,
+               "output_throughput": t, "median_ttft_ms": 20.0, "median_tpot_ms": 1000 * c / t, "completed": 3 * c}
+              for c, t in tok_s.items()]  # fmt: skip
+    (folder / "speed.json").write_text(json.dumps({"points": points, "failure": failure}))
+
+
+def test_completed_sweeps_resume_and_give_ratios(tmp_path: Path, monkeypatch, capsys) -> None:
+    root = tmp_path / "serving" / "qwen3.5-35b-a3b-20L"
+    _sweep(root / "bf16-fse", {1: 200.0, 8: 1200.0})
+    _sweep(root / "quark-w8a8-int8-fse", {1: 260.0, 8: 1500.0})
+    _sweep(root / "quark-w8a8-int8-no-fse", {1: 300.0, 8: 1600.0})
+    argv = ["bench_serving", "--formats", "quark-w8a8-int8", "--concurrency", "1,8", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench_serving.main() == 0  # every sweep completed: no server, no GPU
+    rows = json.loads((tmp_path / "bench_serving.json").read_text())["rows"]
+    by = {(r["case"], r["concurrency"]): r for r in rows}
+    assert len(rows) == 6  # the BF16 baseline is measured although --formats does not name it
+    assert by[("quark-w8a8-int8 fse", 1)]["vs_bf16"] == pytest.approx(1.3)
+    assert by[("quark-w8a8-int8 no-fse", 8)]["vs_bf16"] == pytest.approx(1600 / 1200)
+    assert "quark-w8a8-int8 no-fse" in capsys.readouterr().out
+
+
+def test_a_failed_sweep_is_not_completed(tmp_path: Path) -> None:
+    _sweep(tmp_path / "c", {1: 100.0}, failure={"server": "quantized", "shape": "in512-out128", "concurrency": 8,
+                                                "reason": "timed out"})  # fmt: skip
+    assert not bench_serving.completed(tmp_path / "c" / "speed.json")
+    assert not bench_serving.completed(tmp_path / "missing" / "speed.json")

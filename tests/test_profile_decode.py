@@ -1,0 +1,58 @@
+"""eval.profile_decode's reading of a torch-profiler trace: per-step busy time counts overlapping kernels
+once, kernels land in the group of what they compute, and the trace name is the one one_batch writes."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from eval import bench_decode, profile_decode
+
+
+def _kernel(name: str, ts: float, dur: float, stream: int = 7) -> dict:
+    return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur, "args": {"stream": stream}}
+
+
+def test_trace_summary_per_step(tmp_path: Path) -> None:
+    events = [
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 0.0, "dur": 5.0},
+        _kernel("fused_moe_kernel", 10.0, 30.0),
+        _kernel("fused_recurrent_gated_delta_rule_fwd_kernel", 40.0, 10.0),
+        _kernel("_fwd_kernel_stage1", 50.0, 5.0),
+        _kernel("nvjet_tst_64x8_64x16_4x1_v_bz_TNT", 30.0, 20.0, stream=9),  # overlaps the MoE on a 2nd stream
+        _kernel("triton_poi_fused_add_0", 100.0, 10.0),
+        _kernel("fused_moe_kernel", 210.0, 30.0),  # the second step
+    ]
+    path = tmp_path / "t.trace.json.gz"
+    with gzip.open(path, "wt") as handle:
+        json.dump({"traceEvents": events}, handle)
+    p = profile_decode.summarise_trace(path, "bf16 fse", 1, steps=2)
+    assert p.kernels_per_step == 3.0
+    assert p.busy_us == pytest.approx((45 + 10 + 30) / 2)  # 10-55, 100-110, 210-240
+    assert p.span_us == pytest.approx((240 - 10) / 2)
+    assert p.groups_us == {"moe": 30.0, "gemm": 10.0, "deltanet": 5.0, "other": 5.0, "attention": 2.5}
+    assert p.top_kernels[0] == ("fused_moe_kernel", 30.0)
+
+
+def test_no_kernels_names_the_trace(tmp_path: Path) -> None:
+    path = tmp_path / "cpu-only.json"
+    path.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1}]}))
+    with pytest.raises(ValueError, match="cpu-only.json: no GPU kernel"):
+        profile_decode.summarise_trace(path, "bf16", 1, steps=1)
+
+
+def test_groups_of_sglang_kernel_names() -> None:
+    assert profile_decode.group_of("moe_wna16_marlin_gemm_kernel<...>") == "moe"
+    assert profile_decode.group_of("moe_align_block_size_kernel") == "moe"
+    assert profile_decode.group_of("_causal_conv1d_update_kernel") == "deltanet"
+    assert profile_decode.group_of("_decode_att_m_fwd_kernel") == "attention"
+    assert profile_decode.group_of("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16>") == "gemm"
+    assert profile_decode.group_of("_gemma_rmsnorm_kernel") == "norm"
+    assert profile_decode.group_of("triton_poi_fused_mul_sigmoid_0") == "other"
+
+
+def test_trace_name_is_one_batchs() -> None:
+    case = bench_decode.Case("quark-w8a8-int8", False)
+    name = profile_decode.trace_file(Path("t"), case, 64).name
+    assert name == "quark-w8a8-int8-no-fse_batch64_input256_output16_decode.trace.json.gz"
