@@ -135,20 +135,24 @@ def main() -> int:
 
     todo = [c for c in bench_decode.cases(formats, False) if c.fse is None or c.fse in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
-    failures, profiles = {}, []
-    for fmt in dict.fromkeys(c.fmt for c in todo):
-        checkpoint = None
-        for case in (c for c in todo if c.fmt == fmt):
-            if not all(trace_file(args.out / "traces", case, b).exists() for b in batches):
-                checkpoint = checkpoint or bench_decode.ensure_checkpoint(args.out, args.shape, args.layers, fmt)
-                try:
-                    profile_case(checkpoint, per_format[fmt], case, batches, args.steps, args.out)
-                except (RuntimeError, subprocess.TimeoutExpired) as error:
-                    failures[case.label] = str(error)
-                    print(f"{case.label}: FAILED\n{error}", flush=True)
-                    continue
-            profiles += [summarise_trace(trace_file(args.out / "traces", case, b), case.label, b, args.steps)
-                         for b in batches]  # fmt: skip
+    traces = args.out / "traces"
+    pending = [c for c in todo if not all(trace_file(traces, c, b).exists() for b in batches)]
+    failures: dict[str, str] = {}
+    for fmt, checkpoint in bench_decode.each_checkpoint(args.out, args.shape, args.layers,
+                                                        list(dict.fromkeys(c.fmt for c in pending))):  # fmt: skip
+        for case in (c for c in pending if c.fmt == fmt):
+            try:
+                profile_case(checkpoint, per_format[fmt], case, batches, args.steps, args.out)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                failures[case.label] = str(error)
+                print(f"{case.label}: FAILED\n{error}", flush=True)
+    profiles = []
+    for case in (c for c in todo if c.label not in failures):
+        try:
+            profiles += [summarise_trace(trace_file(traces, case, b), case.label, b, args.steps) for b in batches]
+        except ValueError as error:  # a trace without GPU kernels
+            failures[case.label] = str(error)
+            print(f"{case.label}: FAILED\n{error}", flush=True)
     report = {"shape": args.shape, "layers": args.layers, "profiles": [asdict(p) for p in profiles], "failures": failures}
     (args.out / "profile_decode.json").write_text(json.dumps(report, indent=2) + "\n")
     if profiles:

@@ -56,3 +56,19 @@ def test_trace_name_is_one_batchs() -> None:
     case = bench_decode.Case("quark-w8a8-int8", False)
     name = profile_decode.trace_file(Path("t"), case, 64).name
     assert name == "quark-w8a8-int8-no-fse_batch64_input256_output16_decode.trace.json.gz"
+
+
+def test_saved_traces_are_summarised_without_a_gpu(tmp_path: Path, monkeypatch, capsys) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for case, events in ((bench_decode.Case("bf16", True), [_kernel("fused_moe_kernel", 0.0, 25.0)]),
+                         (bench_decode.Case("bf16", False), [])):  # fmt: skip
+        with gzip.open(profile_decode.trace_file(traces, case, 1), "wt") as handle:
+            json.dump({"traceEvents": events}, handle)
+    argv = ["profile_decode", "--formats", "bf16", "--batch-sizes", "1", "--steps", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv)
+    assert profile_decode.main() == 1  # the no-fse trace holds no kernel
+    report = json.loads((tmp_path / "profile_decode.json").read_text())
+    assert [p["groups_us"] for p in report["profiles"]] == [{"moe": 25.0}]
+    assert "no GPU kernel" in report["failures"]["bf16 no-fse"]
+    assert "fused_moe_kernel" in capsys.readouterr().out
