@@ -15,10 +15,11 @@ same batch size from this same run, and a roofline: the weight bytes one decode 
 dense weight, plus the routed experts a batch of that size touches on average under uniform routing)
 divided by the HBM bandwidth measured here, and the fraction of it achieved.
 
-Each case's numbers are saved under OUT/cases/ as soon as it finishes, and a later run with the same
---out skips the cases already there (--rerun to measure again): a crash or a time limit loses one case at
-most, and a sweep can be split across commands. The table and bench_decode.json cover every case in
-OUT/cases/ of the same shape and layer count, BF16 ratios included.
+Each case's numbers are saved under OUT/cases/ as soon as it finishes, with the shape, layer count and
+SGLang options it ran with, and a later run with the same --out skips the cases saved with the options it
+would use (--rerun to measure again): a crash or a time limit loses one case at most, and a sweep can be
+split across commands. The table and bench_decode.json cover every saved case of this run's options,
+BF16 ratios included.
 
 The Triton fused-MoE formats (BF16, INT8) run with the configs sglang_ext ships (`eval.tune_moe`, picked
 up through `sglang_ext.moe_configs`); `--stock-moe-configs` also runs each of them, FSE on, with SGLang's
@@ -223,19 +224,21 @@ def with_ratios(rows: list[Row]) -> list[Row]:
     return rows
 
 
-def save_case(path: Path, rows: list[Row], shape: str, layers: int, bandwidth_gbs: float) -> None:
+def save_case(path: Path, fmt: str, rows: list[Row], setup: dict, bandwidth_gbs: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"shape": shape, "layers": layers, "hbm_gbs": bandwidth_gbs,
+    path.write_text(json.dumps({"fmt": fmt, "setup": setup, "hbm_gbs": bandwidth_gbs,
                                 "rows": [asdict(r) for r in rows]}, indent=2) + "\n")  # fmt: skip
 
 
-def load_cases(folder: Path, shape: str, layers: int) -> list[Row]:
-    rows = []
+def load_cases(folder: Path, setups: dict[str, dict]) -> dict[str, list[Row]]:
+    """The saved cases, by file stem, measured with the setup (shape, layers, SGLang options) that
+    `setups` gives for their format: a case saved under other options is not this run's."""
+    found = {}
     for path in sorted(folder.glob("*.json")):
         saved = json.loads(path.read_text())
-        if saved["shape"] == shape and saved["layers"] == layers:
-            rows += [Row(**row) for row in saved["rows"]]
-    return rows
+        if saved.get("setup") == setups.get(saved.get("fmt")):
+            found[path.stem] = [Row(**row) for row in saved["rows"]]
+    return found
 
 
 ALL_FORMATS = "bf16,quark-w8a8-int8,quark-mxfp4-fse,modelopt-nvfp4,ct-mxfp4"
@@ -252,12 +255,13 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, formats: str = ALL
 
 
 def sets_by_format(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, list[str]]:
-    """--set FORMAT:KEY=VALUE items as KEY=VALUE lists per format of --formats; a malformed item or a
-    recipe that rejects one is a usage error, before any GPU work."""
+    """--set FORMAT:KEY=VALUE items as KEY=VALUE lists per format (every format, --formats or not); a
+    malformed item or a recipe that rejects one is a usage error, before any GPU work."""
     if bad := [item for item in args.sets if ":" not in item]:
         parser.error(f"--set {bad[0]}: expected FORMAT:KEY=VALUE, e.g. ct-mxfp4:moe-runner-backend=marlin")
     pairs = [item.split(":", 1) for item in args.sets]
-    sets = {fmt: [kv for name, kv in pairs if name == fmt] for fmt in args.formats.split(",")}
+    formats = dict.fromkeys([*args.formats.split(","), *ALL_FORMATS.split(",")])
+    sets = {fmt: [kv for name, kv in pairs if name == fmt] for fmt in formats}
     try:
         for fmt, items in sets.items():
             server_args(fmt, items)
@@ -278,10 +282,12 @@ def main() -> int:
     formats = args.formats.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
     per_format = {fmt: server_args(fmt, items) for fmt, items in sets_by_format(parser, args).items()}
+    setups = {fmt: {"shape": args.shape, "layers": args.layers, "server_args": cli} for fmt, cli in per_format.items()}
 
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "cases"
-    todo = [c for c in cases(formats, args.stock_moe_configs) if args.rerun or not (saved / f"{c.slug}.json").exists()]
+    done = load_cases(saved, setups)
+    todo = [c for c in cases(formats, args.stock_moe_configs) if args.rerun or c.slug not in done]
     failures: dict[str, str] = {}
     if todo:
         bandwidth = hbm_bandwidth_gbs()
@@ -295,10 +301,10 @@ def main() -> int:
                 failures[case.label] = str(error)
                 print(f"{case.label}: FAILED\n{error}", flush=True)
                 continue
-            save_case(saved / f"{case.slug}.json", case_rows(case, measured, checkpoint, args.layers, bandwidth),
-                      args.shape, args.layers, bandwidth)  # fmt: skip
+            save_case(saved / f"{case.slug}.json", fmt, case_rows(case, measured, checkpoint, args.layers, bandwidth),
+                      setups[fmt], bandwidth)  # fmt: skip
             print(f"{case.label}: measured in {time.perf_counter() - started:.0f} s", flush=True)
-    rows = with_ratios(load_cases(saved, args.shape, args.layers))
+    rows = with_ratios([row for rows in load_cases(saved, setups).values() for row in rows])
     report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows], "failures": failures}
     (args.out / "bench_decode.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(rows, args.shape, args.layers)

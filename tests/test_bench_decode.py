@@ -49,10 +49,14 @@ def test_decode_bytes_read_dense_weights_once_and_the_experts_a_batch_touches(tm
     assert bench_decode.decode_bytes(checkpoint, config, 10_000) == pytest.approx(dense + routed)
 
 
-def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float], floor: float = 0.5) -> None:
+def _setup(fmt: str, *sets: str, shape: str = "qwen3.5-35b-a3b") -> dict:
+    return {"shape": shape, "layers": 20, "server_args": bench_decode.server_args(fmt, list(sets))}
+
+
+def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float], floor: float = 0.5, setup: dict | None = None) -> None:
     rows = [bench_decode.Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency, batch / latency * 1e3,
                              latency / 20, floor, floor / latency) for batch, latency in ms.items()]  # fmt: skip
-    bench_decode.save_case(out / "cases" / f"{case.slug}.json", rows, "qwen3.5-35b-a3b", 20, 3000.0)
+    bench_decode.save_case(out / "cases" / f"{case.slug}.json", case.fmt, rows, setup or _setup(case.fmt), 3000.0)
 
 
 def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -61,7 +65,9 @@ def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, mo
     _saved(tmp_path, Case("bf16", False), {1: 4.4, 8: 6.0})
     _saved(tmp_path, Case("bf16", True, stock_moe_configs=True), {1: 4.0, 8: 6.5})
     _saved(tmp_path, Case("quark-w8a8-int8", True), {1: 2.5, 8: 4.0}, floor=0.4)  # another run's format: in the table too
-    bench_decode.save_case(tmp_path / "cases" / "other-shape.json", [], "qwen3.5-397b-a17b-tp4", 8, 3000.0)
+    # saved under other options or another shape: not this run's, not in its table
+    _saved(tmp_path, Case("modelopt-nvfp4", None), {1: 1.0}, setup=_setup("modelopt-nvfp4", "fp4-gemm-backend=flashinfer_cutlass"))
+    _saved(tmp_path, Case("ct-mxfp4", None), {1: 1.0}, setup=_setup("ct-mxfp4", shape="qwen3.5-397b-a17b-tp4"))
     monkeypatch.setattr(sys, "argv", ["bench_decode", "--formats", "bf16", "--stock-moe-configs", "--out", str(tmp_path)])
     assert bench_decode.main() == 0  # every case saved: nothing to run, no GPU needed
     report = json.loads((tmp_path / "bench_decode.json").read_text())
@@ -76,3 +82,11 @@ def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, mo
     assert by[("quark-w8a8-int8 fse", 1)]["floor_vs_bf16"] == pytest.approx(0.5 / 0.4)
     assert len(report["rows"]) == 8
     assert "quark-w8a8-int8 fse" in capsys.readouterr().out
+
+
+def test_a_case_saved_under_other_options_is_measured_again(tmp_path: Path) -> None:
+    _saved(tmp_path, bench_decode.Case("bf16", True), {1: 4.0})
+    same = {"bf16": _setup("bf16")}
+    other = {"bf16": _setup("bf16", "attention-backend=fa3")}
+    assert list(bench_decode.load_cases(tmp_path / "cases", same)) == ["bf16-fse"]
+    assert bench_decode.load_cases(tmp_path / "cases", other) == {}
