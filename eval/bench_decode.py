@@ -7,9 +7,10 @@
 SGLang's options for each format come from its tiny recipe (recipes/tiny-*.yaml, the recipe whose
 model.fixture is that format), with `--set FORMAT:KEY=VALUE` on top; ct-mxfp4 at real shapes wants
 `--set ct-mxfp4:moe-runner-backend=marlin` as recipes/qwen3.5-35b-mxfp4-h100.yaml serves it (the tiny
-model's hidden size keeps Marlin out of tiny-ct-mxfp4). For each format it writes a real-shaped random checkpoint on the GPU (`sglang_ext.fixtures`, valid scales:
-no Inf/NaN reaching the kernels), then runs `python -m sglang.benchmark.one_batch` on it, once per fused-
-shared-expert setting where the format allows both. It prints one table and writes bench_decode.json:
+model's hidden size keeps Marlin out of tiny-ct-mxfp4). For each format it writes a real-shaped random
+checkpoint on the GPU (`sglang_ext.fixtures`, valid scales: no Inf/NaN reaching the kernels), then runs
+`python -m sglang.benchmark.one_batch` on it, once per fused-shared-expert setting where the format
+allows both. It prints one table and writes bench_decode.json:
 median decode step latency and tok/s per batch size, per-layer milliseconds, the ratio against BF16 at the
 same batch size from this same run, and a roofline: the weight bytes one decode step must read (every
 dense weight, plus the routed experts a batch of that size touches on average under uniform routing)
@@ -29,13 +30,14 @@ own config folder, and the table gets the tuned/stock ratio.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,13 +53,17 @@ TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs S
 MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
 
 
+@functools.cache
+def _tiny_recipes() -> dict[str, str]:
+    return {load_recipe(name).recipe.model.fixture: name for name in recipe_paths() if name.startswith("tiny-")}
+
+
 def tiny_recipe(fmt: str) -> str:
     """The tiny recipe whose model.fixture is `fmt`: the SGLang options this repository serves it with."""
-    names = [name for name in recipe_paths() if name.startswith("tiny-")]
-    recipe = next((n for n in names if load_recipe(n).recipe.model.fixture == fmt), None)
-    if recipe is None:
-        raise LaunchError(f"no tiny recipe serves format {fmt!r}", hint=f"one of: {', '.join(names)}")
-    return recipe
+    if fmt not in _tiny_recipes():
+        formats = ", ".join(_tiny_recipes())
+        raise LaunchError(f"no tiny recipe serves format {fmt!r}", hint=f"formats with a tiny recipe: {formats}")
+    return _tiny_recipes()[fmt]
 
 
 def server_args(fmt: str, sets: list[str]) -> list[str]:
@@ -153,14 +159,25 @@ def ensure_checkpoint(out: Path, shape: str, layers: int, fmt: str) -> Path:
     return checkpoint
 
 
-def each_checkpoint(out: Path, shape: str, layers: int, formats: list[str]) -> Iterator[tuple[str, Path]]:
-    """(format, checkpoint) one format at a time, each non-BF16 checkpoint deleted after its turn: real-
-    shaped checkpoints are tens of GB, so disk holds BF16 (every run's baseline) and one other at most."""
-    for fmt in formats:
+def run_cases(out: Path, shape: str, layers: int, pending: list[Case], measure: Callable[[Case, Path], None]) -> dict[str, str]:
+    """`measure(case, checkpoint)` for each pending case, one format's checkpoint at a time: real-shaped
+    checkpoints are tens of GB, so disk holds BF16 (every run's baseline) and one other at most. A case that
+    fails is reported and the others go on; returns the failures by case label."""
+    failures = {}
+    for fmt in dict.fromkeys(c.fmt for c in pending):
         checkpoint = ensure_checkpoint(out, shape, layers, fmt)
-        yield fmt, checkpoint
+        for case in (c for c in pending if c.fmt == fmt):
+            started = time.perf_counter()
+            try:
+                measure(case, checkpoint)
+            except (RuntimeError, LaunchError, subprocess.TimeoutExpired) as error:
+                failures[case.label] = str(error)
+                print(f"{case.label}: FAILED\n{error}", flush=True)
+                continue
+            print(f"{case.label}: done in {time.perf_counter() - started:.0f} s", flush=True)
         if fmt != "bf16":
             shutil.rmtree(checkpoint)
+    return failures
 
 
 def one_batch(checkpoint: Path, args: list[str], case: Case, batches: list[int], extra: list[str], log: Path,
@@ -254,20 +271,37 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, formats: str = ALL
                         help="an SGLang option for one format on top of its tiny recipe")  # fmt: skip
 
 
-def sets_by_format(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, list[str]]:
-    """--set FORMAT:KEY=VALUE items as KEY=VALUE lists per format (every format, --formats or not); a
-    malformed item or a recipe that rejects one is a usage error, before any GPU work."""
+def require_cuda(parser: argparse.ArgumentParser) -> None:
+    """Measuring needs the GPU; reporting what --out already holds does not."""
+    import torch
+
+    if not torch.cuda.is_available():
+        parser.error("measuring needs a CUDA GPU and SGLang 0.5.17; without one, only the results already in --out "
+                     "are reported")
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    sets: list[str]  # the --set KEY=VALUE items for this format: overrides of its tiny recipe
+    server_cli: list[str]  # what they make of the recipe's SGLang options
+
+
+def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, FormatOptions]:
+    """--set FORMAT:KEY=VALUE items per format (every format, --formats or not) and the SGLang options they
+    give; a malformed item, an unknown format or an option the recipe rejects is a usage error, before any
+    GPU work."""
     if bad := [item for item in args.sets if ":" not in item]:
         parser.error(f"--set {bad[0]}: expected FORMAT:KEY=VALUE, e.g. ct-mxfp4:moe-runner-backend=marlin")
     pairs = [item.split(":", 1) for item in args.sets]
-    formats = dict.fromkeys([*args.formats.split(","), *ALL_FORMATS.split(",")])
-    sets = {fmt: [kv for name, kv in pairs if name == fmt] for fmt in formats}
+    formats = dict.fromkeys([*args.formats.split(","), *ALL_FORMATS.split(","), *(name for name, _ in pairs)])
+    options = {}
     try:
-        for fmt, items in sets.items():
-            server_args(fmt, items)
+        for fmt in formats:
+            sets = [kv for name, kv in pairs if name == fmt]
+            options[fmt] = FormatOptions(sets, server_args(fmt, sets))
     except LaunchError as error:
         parser.error(str(error))
-    return sets
+    return options
 
 
 def main() -> int:
@@ -281,29 +315,24 @@ def main() -> int:
     args = parser.parse_args()
     formats = args.formats.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    per_format = {fmt: server_args(fmt, items) for fmt, items in sets_by_format(parser, args).items()}
-    setups = {fmt: {"shape": args.shape, "layers": args.layers, "server_args": cli} for fmt, cli in per_format.items()}
+    options = format_options(parser, args)
+    setups = {fmt: {"shape": args.shape, "layers": args.layers, "server_args": o.server_cli} for fmt, o in options.items()}
 
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "cases"
     done = load_cases(saved, setups)
     todo = [c for c in cases(formats, args.stock_moe_configs) if args.rerun or c.slug not in done]
-    failures: dict[str, str] = {}
     if todo:
+        require_cuda(parser)
         bandwidth = hbm_bandwidth_gbs()
         print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s; {len(todo)} cases to run", flush=True)
-    for fmt, checkpoint in each_checkpoint(args.out, args.shape, args.layers, list(dict.fromkeys(c.fmt for c in todo))):
-        for case in (c for c in todo if c.fmt == fmt):
-            started = time.perf_counter()
-            try:
-                measured = run_case(checkpoint, per_format[fmt], case, batches, args.out)
-            except (RuntimeError, subprocess.TimeoutExpired) as error:
-                failures[case.label] = str(error)
-                print(f"{case.label}: FAILED\n{error}", flush=True)
-                continue
-            save_case(saved / f"{case.slug}.json", fmt, case_rows(case, measured, checkpoint, args.layers, bandwidth),
-                      setups[fmt], bandwidth)  # fmt: skip
-            print(f"{case.label}: measured in {time.perf_counter() - started:.0f} s", flush=True)
+
+    def measure(case: Case, checkpoint: Path) -> None:
+        measured = run_case(checkpoint, options[case.fmt].server_cli, case, batches, args.out)
+        rows = case_rows(case, measured, checkpoint, args.layers, bandwidth)
+        save_case(saved / f"{case.slug}.json", case.fmt, rows, setups[case.fmt], bandwidth)
+
+    failures = run_cases(args.out, args.shape, args.layers, todo, measure)
     rows = with_ratios([row for rows in load_cases(saved, setups).values() for row in rows])
     report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows], "failures": failures}
     (args.out / "bench_decode.json").write_text(json.dumps(report, indent=2) + "\n")

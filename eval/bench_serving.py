@@ -9,8 +9,8 @@ each format's tiny recipe pointed at the real-shaped checkpoint, once per fused-
 where the format has both. BF16 with FSE on runs first; every other case's output tok/s is divided by
 BF16's at the same prompt shape and concurrency. Servers run one at a time on the recipe's port and are
 stopped (process group and all) before the next starts. Each case's sweep stays in OUT/serving/<case>/
-(speed.json, bench_serving records, server log), and a rerun skips cases whose sweep completed. Prints
-one table and writes bench_serving.json.
+(speed.json, bench_serving records, server log, the SGLang options it ran with), and a rerun skips cases
+whose sweep completed with the options it would use. Prints one table and writes bench_serving.json.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from eval import bench_decode
 from launch import server
 from launch.errors import LaunchError
-from launch.recipe import load_recipe
+from launch.recipe import LoadedRecipe, load_recipe
 
 BASELINE = bench_decode.Case("bf16", True)
 
@@ -55,9 +55,16 @@ def speed_command(base_url: str, model: str, checkpoint: Path, concurrency: str,
             str(checkpoint), "--dataset", "random-ids", "--concurrency", concurrency, "--output", str(out)]  # fmt: skip
 
 
-def sweep(case: bench_decode.Case, checkpoint: Path, sets: list[str], concurrency: str, out: Path) -> Path:
-    """Start the case's server, run eval speed against it, stop the server; returns its speed.json."""
-    loaded = load_recipe(bench_decode.tiny_recipe(case.fmt), case_overrides(case, checkpoint, sets))
+def case_recipe(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> LoadedRecipe:
+    return load_recipe(bench_decode.tiny_recipe(case.fmt), case_overrides(case, checkpoint, sets))
+
+
+def sweep(case: bench_decode.Case, loaded: LoadedRecipe, checkpoint: Path, concurrency: str, out: Path) -> None:
+    """Start the case's server, run eval speed against it (out/speed.json), stop the server."""
+    try:  # a server already on the port would answer the health check and be measured instead
+        server.check_port_free(loaded.recipe.host, loaded.recipe.port)
+    except LaunchError as error:
+        raise LaunchError(error.args[0], hint=f"--set {case.fmt}:port={loaded.recipe.port + 1}, or stop it") from None
     plan = server.plan(loaded, str(checkpoint), out / "logs")
     command = speed_command(plan.base_url, loaded.recipe.model.served_name, checkpoint, concurrency, out)
     with server.running(plan, timeout_s=1200):
@@ -65,11 +72,14 @@ def sweep(case: bench_decode.Case, checkpoint: Path, sets: list[str], concurrenc
         done = subprocess.run(command, env={**os.environ, "PYTHONPATH": python_path})
     if done.returncode != 0:
         raise RuntimeError(f"eval speed failed for {case.label} (exit {done.returncode}); see {out}")
-    return out / "speed.json"
+    (out / "server_args.json").write_text(json.dumps(loaded.server_cli) + "\n")
 
 
-def completed(speed_json: Path) -> bool:
-    return speed_json.exists() and json.loads(speed_json.read_text()).get("failure") is None
+def completed(folder: Path, server_cli: list[str]) -> bool:
+    """A sweep in `folder` that finished, run with these SGLang options."""
+    speed, options = folder / "speed.json", folder / "server_args.json"
+    return (speed.exists() and json.loads(speed.read_text()).get("failure") is None
+            and options.exists() and json.loads(options.read_text()) == server_cli)  # fmt: skip
 
 
 def rows_of(case: bench_decode.Case, speed_json: Path) -> list[ServingRow]:
@@ -105,26 +115,22 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     args = parser.parse_args()
-    sets = bench_decode.sets_by_format(parser, args)
-    formats = args.formats.split(",")
-    todo = bench_decode.cases(formats, False)
-    if BASELINE not in todo:
-        todo.insert(0, BASELINE)  # every ratio needs it
-        sets.setdefault("bf16", [])
-    todo.sort(key=lambda c: c != BASELINE)
+    options = bench_decode.format_options(parser, args)
+    todo = bench_decode.cases(args.formats.split(","), False)
+    todo = [BASELINE, *(c for c in todo if c != BASELINE)]  # every ratio needs it, first
 
+    # The checkpoint path is model.path, not an SGLang option: a placeholder gives the same options.
+    server_cli = {c: case_recipe(c, Path("checkpoint"), options[c.fmt].sets).server_cli for c in todo}
     folder = {c: args.out / "serving" / f"{args.shape}-{args.layers}L" / c.slug for c in todo}
-    pending = [c for c in todo if not completed(folder[c] / "speed.json")]
-    failures: dict[str, str] = {}
-    for fmt, checkpoint in bench_decode.each_checkpoint(args.out, args.shape, args.layers,
-                                                        list(dict.fromkeys(c.fmt for c in pending))):  # fmt: skip
-        for case in (c for c in pending if c.fmt == fmt):
-            try:
-                sweep(case, checkpoint, sets[case.fmt], args.concurrency, folder[case])
-            except (RuntimeError, LaunchError, subprocess.TimeoutExpired) as error:
-                failures[case.label] = str(error)
-                print(f"{case.label}: FAILED\n{error}", flush=True)
-    rows = [row for c in todo if completed(folder[c] / "speed.json") for row in rows_of(c, folder[c] / "speed.json")]
+    pending = [c for c in todo if not completed(folder[c], server_cli[c])]
+    if pending:
+        bench_decode.require_cuda(parser)
+
+    def measure(case: bench_decode.Case, checkpoint: Path) -> None:
+        sweep(case, case_recipe(case, checkpoint, options[case.fmt].sets), checkpoint, args.concurrency, folder[case])
+
+    failures = bench_decode.run_cases(args.out, args.shape, args.layers, pending, measure)
+    rows = [row for c in todo if completed(folder[c], server_cli[c]) for row in rows_of(c, folder[c] / "speed.json")]
     rows = with_ratios(rows)
     report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows], "failures": failures}
     args.out.mkdir(parents=True, exist_ok=True)

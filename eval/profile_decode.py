@@ -12,7 +12,8 @@ intervals, so work overlapped on two streams counts once), the step's span from 
 last, and the kernel time of each group (routed MoE, DeltaNet, attention, dense GEMMs, norms, sampling,
 other) with the kernels that weigh most. A step whose busy time is far below its span waits on the host;
 one with many short kernels is bound by kernel count rather than by bytes. Prints a table and writes
-profile_decode.json; traces stay in OUT/traces.
+profile_decode.json; traces stay in OUT/traces/<shape>-<layers>L/, and a rerun retakes only those missing
+or taken with other SGLang options or --steps.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import gzip
 import json
 import os
 import re
-import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -92,15 +92,26 @@ def trace_file(traces: Path, case: bench_decode.Case, batch: int) -> Path:
 
 
 def profile_case(checkpoint: Path, args: list[str], case: bench_decode.Case, batches: list[int], steps: int,
-                 out: Path) -> None:  # fmt: skip
-    traces = out / "traces"
+                 traces: Path, setup: dict) -> None:  # fmt: skip
     traces.mkdir(parents=True, exist_ok=True)
     extra = ["--output-len", "16", "--profile", "--profile-stage", "decode", "--profile-steps", str(steps),
              "--profile-prefix", case.slug]  # fmt: skip
-    bench_decode.one_batch(checkpoint, args, case, batches, extra, out / f"{case.slug}.profile.log",
+    bench_decode.one_batch(checkpoint, args, case, batches, extra, traces / f"{case.slug}.log",
                            env={"SGLANG_TORCH_PROFILER_DIR": str(traces)})  # fmt: skip
     if missing := [b for b in batches if not trace_file(traces, case, b).exists()]:
         raise RuntimeError(f"one_batch wrote no decode trace for {case.label} at batch {missing} (see {traces})")
+    setup_file(traces, case).write_text(json.dumps(setup) + "\n")
+
+
+def setup_file(traces: Path, case: bench_decode.Case) -> Path:
+    """What a case's traces were taken with (SGLang options, steps): traces taken otherwise are retaken."""
+    return traces / f"{case.slug}.setup.json"
+
+
+def traced(traces: Path, case: bench_decode.Case, batches: list[int], setup: dict) -> bool:
+    done = setup_file(traces, case)
+    return (done.exists() and json.loads(done.read_text()) == setup
+            and all(trace_file(traces, case, b).exists() for b in batches))  # fmt: skip
 
 
 def print_table(profiles: list[StepProfile]) -> None:
@@ -131,21 +142,20 @@ def main() -> int:
         parser.error(f"--fse {bad[0]}: expected on, off or on,off")
     wanted = {fse[f] for f in args.fse.split(",")}
     formats, batches = args.formats.split(","), [int(b) for b in args.batch_sizes.split(",")]
-    per_format = {f: bench_decode.server_args(f, items) for f, items in bench_decode.sets_by_format(parser, args).items()}
+    options = bench_decode.format_options(parser, args)
 
     todo = [c for c in bench_decode.cases(formats, False) if c.fse is None or c.fse in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
-    traces = args.out / "traces"
-    pending = [c for c in todo if not all(trace_file(traces, c, b).exists() for b in batches)]
-    failures: dict[str, str] = {}
-    for fmt, checkpoint in bench_decode.each_checkpoint(args.out, args.shape, args.layers,
-                                                        list(dict.fromkeys(c.fmt for c in pending))):  # fmt: skip
-        for case in (c for c in pending if c.fmt == fmt):
-            try:
-                profile_case(checkpoint, per_format[fmt], case, batches, args.steps, args.out)
-            except (RuntimeError, subprocess.TimeoutExpired) as error:
-                failures[case.label] = str(error)
-                print(f"{case.label}: FAILED\n{error}", flush=True)
+    traces = args.out / "traces" / f"{args.shape}-{args.layers}L"
+    setup = {fmt: {"server_args": o.server_cli, "steps": args.steps} for fmt, o in options.items()}
+    pending = [c for c in todo if not traced(traces, c, batches, setup[c.fmt])]
+    if pending:
+        bench_decode.require_cuda(parser)
+
+    def measure(case: bench_decode.Case, checkpoint: Path) -> None:
+        profile_case(checkpoint, options[case.fmt].server_cli, case, batches, args.steps, traces, setup[case.fmt])
+
+    failures = bench_decode.run_cases(args.out, args.shape, args.layers, pending, measure)
     profiles = []
     for case in (c for c in todo if c.label not in failures):
         try:

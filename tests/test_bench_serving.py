@@ -32,8 +32,13 @@ def test_the_sweep_command_is_one_eval_speed_accepts(tmp_path: Path) -> None:
     assert args.concurrency == [1, 8] and args.dataset == "random-ids" and args.tokenizer == str(tmp_path)
 
 
-def _sweep(folder: Path, tok_s: dict[int, float], failure: dict | None = None) -> None:
+def _cli(case: bench_decode.Case, *sets: str) -> list[str]:
+    return bench_serving.case_recipe(case, Path("checkpoint"), list(sets)).server_cli
+
+
+def _sweep(folder: Path, tok_s: dict[int, float], failure: dict | None = None, server_cli: list[str] = ()) -> None:
     folder.mkdir(parents=True)
+    (folder / "server_args.json").write_text(json.dumps(list(server_cli)))
     points = [{"server": "quantized", "shape": "in512-out128", "concurrency": c, "request_throughput": t / 128,
                "output_throughput": t, "median_ttft_ms": 20.0, "median_tpot_ms": 1000 * c / t, "completed": 3 * c}
               for c, t in tok_s.items()]  # fmt: skip
@@ -42,9 +47,10 @@ def _sweep(folder: Path, tok_s: dict[int, float], failure: dict | None = None) -
 
 def test_completed_sweeps_resume_and_give_ratios(tmp_path: Path, monkeypatch, capsys) -> None:
     root = tmp_path / "serving" / "qwen3.5-35b-a3b-20L"
-    _sweep(root / "bf16-fse", {1: 200.0, 8: 1200.0})
-    _sweep(root / "quark-w8a8-int8-fse", {1: 260.0, 8: 1500.0})
-    _sweep(root / "quark-w8a8-int8-no-fse", {1: 300.0, 8: 1600.0})
+    Case = bench_decode.Case
+    _sweep(root / "bf16-fse", {1: 200.0, 8: 1200.0}, server_cli=_cli(Case("bf16", True)))
+    _sweep(root / "quark-w8a8-int8-fse", {1: 260.0, 8: 1500.0}, server_cli=_cli(Case("quark-w8a8-int8", True)))
+    _sweep(root / "quark-w8a8-int8-no-fse", {1: 300.0, 8: 1600.0}, server_cli=_cli(Case("quark-w8a8-int8", False)))
     argv = ["bench_serving", "--formats", "quark-w8a8-int8", "--concurrency", "1,8", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     assert bench_serving.main() == 0  # every sweep completed: no server, no GPU
@@ -56,8 +62,29 @@ def test_completed_sweeps_resume_and_give_ratios(tmp_path: Path, monkeypatch, ca
     assert "quark-w8a8-int8 no-fse" in capsys.readouterr().out
 
 
-def test_a_failed_sweep_is_not_completed(tmp_path: Path) -> None:
+def test_a_failed_sweep_or_one_under_other_options_is_not_completed(tmp_path: Path) -> None:
+    cli = _cli(bench_decode.Case("bf16", True))
     _sweep(tmp_path / "c", {1: 100.0}, failure={"server": "quantized", "shape": "in512-out128", "concurrency": 8,
-                                                "reason": "timed out"})  # fmt: skip
-    assert not bench_serving.completed(tmp_path / "c" / "speed.json")
-    assert not bench_serving.completed(tmp_path / "missing" / "speed.json")
+                                                "reason": "timed out"}, server_cli=cli)  # fmt: skip
+    assert not bench_serving.completed(tmp_path / "c", cli)
+    assert not bench_serving.completed(tmp_path / "missing", cli)
+    _sweep(tmp_path / "ok", {1: 100.0}, server_cli=cli)
+    assert bench_serving.completed(tmp_path / "ok", cli)
+    assert not bench_serving.completed(tmp_path / "ok", _cli(bench_decode.Case("bf16", True), "attention-backend=fa3"))
+
+
+def test_a_busy_port_is_named_with_the_set_that_moves_it(tmp_path: Path) -> None:
+    import socket
+
+    from launch.errors import LaunchError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        case = bench_decode.Case("bf16", True)
+        loaded = bench_serving.case_recipe(case, tmp_path, [f"port={port}"])
+        with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 is already in use") as error:
+            bench_serving.sweep(case, loaded, tmp_path, "1", tmp_path / "out")
+    assert f"--set bf16:port={port + 1}" in str(error.value)
+    assert not (tmp_path / "out").exists()  # nothing started

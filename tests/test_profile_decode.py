@@ -59,12 +59,14 @@ def test_trace_name_is_one_batchs() -> None:
 
 
 def test_saved_traces_are_summarised_without_a_gpu(tmp_path: Path, monkeypatch, capsys) -> None:
-    traces = tmp_path / "traces"
-    traces.mkdir()
+    traces = tmp_path / "traces" / "qwen3.5-35b-a3b-20L"
+    traces.mkdir(parents=True)
+    setup = {"server_args": bench_decode.server_args("bf16", []), "steps": 1}
     for case, events in ((bench_decode.Case("bf16", True), [_kernel("fused_moe_kernel", 0.0, 25.0)]),
                          (bench_decode.Case("bf16", False), [])):  # fmt: skip
         with gzip.open(profile_decode.trace_file(traces, case, 1), "wt") as handle:
             json.dump({"traceEvents": events}, handle)
+        profile_decode.setup_file(traces, case).write_text(json.dumps(setup))
     argv = ["profile_decode", "--formats", "bf16", "--batch-sizes", "1", "--steps", "1", "--out", str(tmp_path)]
     monkeypatch.setattr("sys.argv", argv)
     assert profile_decode.main() == 1  # the no-fse trace holds no kernel
@@ -72,3 +74,9 @@ def test_saved_traces_are_summarised_without_a_gpu(tmp_path: Path, monkeypatch, 
     assert [p["groups_us"] for p in report["profiles"]] == [{"moe": 25.0}]
     assert "no GPU kernel" in report["failures"]["bf16 no-fse"]
     assert "fused_moe_kernel" in capsys.readouterr().out
+    # traces of one step do not stand for five: they are retaken, which needs the GPU
+    assert not profile_decode.traced(traces, bench_decode.Case("bf16", True), [1], {**setup, "steps": 5})
+    monkeypatch.setattr("sys.argv", [*argv[:-4], "--steps", "5", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        profile_decode.main()
+    assert "measuring needs a CUDA GPU" in capsys.readouterr().err
