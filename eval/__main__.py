@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from eval import results, server
-from eval.harness import JOURNAL_NAME
+from eval.journal import JOURNAL_NAME  # not eval.harness: `speed` runs without lm-eval
 from launch.errors import LaunchError
 
 COMMANDS = {  # subcommand -> module with main(args, target)

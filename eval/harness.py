@@ -19,12 +19,10 @@ import aiohttp
 import requests
 
 from eval.chat_model import JournaledChatCompletions, ServerReplyError
-from eval.journal import Journal
+from eval.journal import JOURNAL_NAME, Journal
 from eval.results import Metric
 from eval.server import Target
 from launch.errors import LaunchError
-
-JOURNAL_NAME = "responses.jsonl"
 
 
 @dataclass(frozen=True)

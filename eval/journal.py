@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+JOURNAL_NAME = "responses.jsonl"  # in an evaluation's output folder
+
 
 def request_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

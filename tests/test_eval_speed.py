@@ -184,3 +184,13 @@ def test_concurrency_list_is_validated(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["speed", "--recipe", "tiny-bf16", "--concurrency", "1,x"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_speed_runs_without_lm_eval():
+    """The GPU host carries SGLang but not necessarily lm-eval; `python -m eval speed` (what eval.bench_serving
+    runs there) must not import it."""
+    blocked = "import sys; sys.modules['lm_eval'] = None; sys.argv = ['eval', 'speed', '--help']; import runpy; "
+    done = subprocess.run([sys.executable, "-c", blocked + "runpy.run_module('eval', run_name='__main__')"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--concurrency" in done.stdout
