@@ -34,12 +34,16 @@ BASELINE = bench_decode.Case("bf16", True)
 @dataclass
 class ServingRow:
     case: str
+    fmt: str
+    fse: bool | None
     shape: str
     concurrency: int
     request_throughput: float
     output_throughput: float
+    median_ttft_ms: float | None
     median_tpot_ms: float | None
     vs_bf16: float | None = None
+    fse_vs_unfused: float | None = None  # FSE-on rows: output tok/s fused / the same format unfused
 
 
 def case_overrides(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> list[str]:
@@ -53,6 +57,21 @@ def speed_command(base_url: str, model: str, checkpoint: Path, concurrency: str,
     checkpoint's own tokenizer."""
     return [sys.executable, "-m", "eval", "speed", "--base-url", base_url, "--model", model, "--tokenizer",
             str(checkpoint), "--dataset", "random-ids", "--concurrency", concurrency, "--output", str(out)]  # fmt: skip
+
+
+BENCH_SERVING = "sglang.benchmark.serving"
+
+
+def require_importable(parser: argparse.ArgumentParser, module: str = BENCH_SERVING) -> None:
+    """Fail before any server starts when `python -m eval speed` could not run SGLang's bench_serving: on an
+    offline GPU host its `datasets` import is the usual gap, and each case would otherwise start a server
+    for nothing."""
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        parser.error(f"{module} does not import here ({reason}); pip install the missing package, or on a host "
+                     "without a package index carry the wheels of eval/gpu-wheels.txt in .gpu/w1/ for "
+                     "tests/gpu/run_on_device.sh to install")  # fmt: skip
 
 
 def case_recipe(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> LoadedRecipe:
@@ -84,15 +103,19 @@ def completed(folder: Path, server_cli: list[str]) -> bool:
 
 def rows_of(case: bench_decode.Case, speed_json: Path) -> list[ServingRow]:
     points = json.loads(speed_json.read_text())["points"]
-    return [ServingRow(case.label, p["shape"], p["concurrency"], p["request_throughput"], p["output_throughput"],
-                       p["median_tpot_ms"]) for p in points]  # fmt: skip
+    return [ServingRow(case.label, case.fmt, case.fse, p["shape"], p["concurrency"], p["request_throughput"],
+                       p["output_throughput"], p["median_ttft_ms"], p["median_tpot_ms"]) for p in points]  # fmt: skip
 
 
 def with_ratios(rows: list[ServingRow]) -> list[ServingRow]:
-    baseline = {(r.shape, r.concurrency): r.output_throughput for r in rows if r.case == BASELINE.label}
+    """Output tok/s against BF16 (FSE on), and for FSE-on rows against the same format unfused, at the same
+    prompt shape and concurrency."""
+    tok_s = {(r.fmt, r.fse, r.shape, r.concurrency): r.output_throughput for r in rows}
     for r in rows:
-        base = baseline.get((r.shape, r.concurrency))
+        base = tok_s.get((BASELINE.fmt, BASELINE.fse, r.shape, r.concurrency))
+        unfused = tok_s.get((r.fmt, False, r.shape, r.concurrency)) if r.fse else None
         r.vs_bf16 = r.output_throughput / base if base else None
+        r.fse_vs_unfused = r.output_throughput / unfused if unfused else None
     return rows
 
 
@@ -101,12 +124,15 @@ def print_table(rows: list[ServingRow], shape: str, layers: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"serving, {shape} with {layers} layers (bench_serving, random ids; ratio: output tok/s)")
-    for column in ("case", "prompt shape", "concurrency", "req/s", "output tok/s", "median TPOT ms", "× BF16"):
+    columns = ("case", "prompt shape", "concurrency", "req/s", "output tok/s", "median TTFT ms", "median TPOT ms",
+               "× BF16", "FSE on/off")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(r.case, r.shape, str(r.concurrency), f"{r.request_throughput:.2f}", f"{r.output_throughput:.0f}",
-                      f"{r.median_tpot_ms:.2f}" if r.median_tpot_ms else "", bench_decode.ratio(r.vs_bf16))  # fmt: skip
-    Console(width=150).print(table)
+                      f"{r.median_ttft_ms:.0f}" if r.median_ttft_ms else "", f"{r.median_tpot_ms:.2f}" if r.median_tpot_ms else "",
+                      bench_decode.ratio(r.vs_bf16), bench_decode.ratio(r.fse_vs_unfused))  # fmt: skip
+    Console(width=170).print(table)
 
 
 def main() -> int:
@@ -125,6 +151,7 @@ def main() -> int:
     pending = [c for c in todo if not completed(folder[c], server_cli[c])]
     if pending:
         bench_decode.require_cuda(parser)
+        require_importable(parser)
 
     def measure(case: bench_decode.Case, checkpoint: Path) -> None:
         sweep(case, case_recipe(case, checkpoint, options[case.fmt].sets), checkpoint, args.concurrency, folder[case])

@@ -1,6 +1,7 @@
 """eval.bench_serving without a GPU: each case's server options, and the resume path (completed sweeps
 are read back, not rerun; ratios against BF16 at the same prompt shape and concurrency)."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -59,6 +60,8 @@ def test_completed_sweeps_resume_and_give_ratios(tmp_path: Path, monkeypatch, ca
     assert len(rows) == 6  # the BF16 baseline is measured although --formats does not name it
     assert by[("quark-w8a8-int8 fse", 1)]["vs_bf16"] == pytest.approx(1.3)
     assert by[("quark-w8a8-int8 no-fse", 8)]["vs_bf16"] == pytest.approx(1600 / 1200)
+    assert by[("quark-w8a8-int8 fse", 8)]["fse_vs_unfused"] == pytest.approx(1500 / 1600)
+    assert by[("quark-w8a8-int8 no-fse", 8)]["fse_vs_unfused"] is None
     assert "quark-w8a8-int8 no-fse" in capsys.readouterr().out
 
 
@@ -88,3 +91,12 @@ def test_a_busy_port_is_named_with_the_set_that_moves_it(tmp_path: Path) -> None
             bench_serving.sweep(case, loaded, tmp_path, "1", tmp_path / "out")
     assert f"--set bf16:port={port + 1}" in str(error.value)
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_a_bench_serving_that_does_not_import_is_named_before_any_server(capsys) -> None:
+    parser = argparse.ArgumentParser(prog="bench_serving")
+    with pytest.raises(SystemExit):
+        bench_serving.require_importable(parser, "no_such_module_for_bench_serving")
+    error = capsys.readouterr().err
+    assert "No module named 'no_such_module_for_bench_serving'" in error and "eval/gpu-wheels.txt" in error
+    bench_serving.require_importable(parser, "json")  # importable: no error
