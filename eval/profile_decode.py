@@ -9,9 +9,11 @@ The checkpoints, SGLang options and cases are eval.bench_decode's (same --out re
 each case and batch size it profiles `--steps` decode steps (CUDA graphs replayed as when serving) and
 reads the trace: per step, the kernels launched, the time the GPU was busy (the union of kernel
 intervals, so work overlapped on two streams counts once), the step's span from its first kernel to its
-last, and the kernel time of each group (routed MoE, DeltaNet, attention, dense GEMMs, norms, sampling,
+last, the span of the kernels its CUDA-graph replay ran (the forward pass on the GPU, free of the host
+work between steps), and the kernel time of each group (routed MoE, DeltaNet, attention, dense GEMMs, norms, sampling,
 other) with the kernels that weigh most. A step whose busy time is far below its span waits on the host;
-one with many short kernels is bound by kernel count rather than by bytes. Prints a table and writes
+one with many short kernels is bound by kernel count rather than by bytes. The graph time is the steadiest
+number to compare cases by: host scheduling between replays varies with what else the host runs. Prints a table and writes
 profile_decode.json; traces stay in OUT/traces/<shape>-<layers>L/, and a rerun retakes only those missing
 or taken with other SGLang options or --steps.
 """
@@ -23,6 +25,7 @@ import gzip
 import json
 import os
 import re
+import statistics
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -49,13 +52,18 @@ def group_of(kernel: str) -> str:
 @dataclass
 class StepProfile:
     case: str
+    fmt: str
+    fse: bool | None
     batch: int
     steps: int
     kernels_per_step: float
     busy_us: float  # union of kernel intervals, per step
     span_us: float  # first kernel start to last kernel end, per step
+    graph_us: float | None  # median span of the kernels one cudaGraphLaunch ran; None: no graph replayed
     groups_us: dict[str, float] = field(default_factory=dict)  # summed kernel time per step
     top_kernels: list[tuple[str, float]] = field(default_factory=list)  # (name, µs per step)
+    graph_vs_bf16: float | None = None  # BF16 (FSE on) graph time / this one's, same batch size
+    graph_fse_vs_unfused: float | None = None  # FSE-on rows: the same format unfused / fused, graph time
 
 
 def union_length(intervals: list[tuple[float, float]]) -> float:
@@ -67,7 +75,7 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def summarise_trace(path: Path, case: str, batch: int, steps: int) -> StepProfile:
+def summarise_trace(path: Path, case: bench_decode.Case, batch: int, steps: int) -> StepProfile:
     """The decode steps of one torch-profiler chrome trace, per step."""
     with gzip.open(path, "rt") if path.suffix == ".gz" else path.open() as handle:
         events = json.load(handle)["traceEvents"]
@@ -82,8 +90,21 @@ def summarise_trace(path: Path, case: str, batch: int, steps: int) -> StepProfil
         by_name[e["name"]] += float(e["dur"]) / steps
     top = sorted(by_name.items(), key=lambda item: -item[1])[:8]
     span = max(stop for _, stop in intervals) - min(start for start, _ in intervals)
-    return StepProfile(case, batch, steps, len(kernels) / steps, union_length(intervals) / steps, span / steps,
-                       dict(sorted(by_group.items(), key=lambda item: -item[1])), top)  # fmt: skip
+    return StepProfile(case.label, case.fmt, case.fse, batch, steps, len(kernels) / steps, union_length(intervals) / steps, span / steps,
+                       graph_replay_us(events, kernels), dict(sorted(by_group.items(), key=lambda item: -item[1])),
+                       top)  # fmt: skip
+
+
+def graph_replay_us(events: list[dict], kernels: list[dict]) -> float | None:
+    """Median over replays of the span of the kernels one cudaGraphLaunch ran (they carry its correlation id)."""
+    launches = {e["args"]["correlation"] for e in events if e.get("name") == "cudaGraphLaunch" and "args" in e}
+    replays: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for e in kernels:
+        if (correlation := e.get("args", {}).get("correlation")) in launches:
+            replays[correlation].append((float(e["ts"]), float(e["ts"]) + float(e["dur"])))
+    if not replays:
+        return None
+    return statistics.median(max(b for _, b in ks) - min(a for a, _ in ks) for ks in replays.values())
 
 
 def trace_file(traces: Path, case: bench_decode.Case, batch: int) -> Path:
@@ -114,17 +135,30 @@ def traced(traces: Path, case: bench_decode.Case, batches: list[int], setup: dic
             and all(trace_file(traces, case, b).exists() for b in batches))  # fmt: skip
 
 
+def with_graph_ratios(profiles: list[StepProfile]) -> list[StepProfile]:
+    graph = {(p.fmt, p.fse, p.batch): p.graph_us for p in profiles}
+    for p in profiles:
+        if p.graph_us:
+            baseline, unfused = graph.get(("bf16", True, p.batch)), graph.get((p.fmt, False, p.batch))
+            p.graph_vs_bf16 = baseline / p.graph_us if baseline else None
+            p.graph_fse_vs_unfused = unfused / p.graph_us if unfused and p.fse else None
+    return profiles
+
+
 def print_table(profiles: list[StepProfile]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     groups = [g for g, _ in GROUPS] + ["other"]
     table = Table(title="decode step on the GPU (µs per step; torch profiler over CUDA-graph replays)")
-    for column in ("case", "batch", "kernels", "span", "busy", *groups, "top kernel"):
+    for column in ("case", "batch", "kernels", "span", "busy", "graph", "graph × BF16", "graph FSE on/off", *groups,
+                   "top kernel"):  # fmt: skip
         table.add_column(column, justify="right")
     for p in profiles:
         name, us = p.top_kernels[0]
         table.add_row(p.case, str(p.batch), f"{p.kernels_per_step:.0f}", f"{p.span_us:.0f}", f"{p.busy_us:.0f}",
+                      f"{p.graph_us:.0f}" if p.graph_us else "", bench_decode.ratio(p.graph_vs_bf16),
+                      bench_decode.ratio(p.graph_fse_vs_unfused),
                       *(f"{p.groups_us.get(g, 0.0):.0f}" for g in groups), f"{name[:40]} {us:.0f}")  # fmt: skip
     Console(width=200).print(table)
 
@@ -159,10 +193,11 @@ def main() -> int:
     profiles = []
     for case in (c for c in todo if c.label not in failures):
         try:
-            profiles += [summarise_trace(trace_file(traces, case, b), case.label, b, args.steps) for b in batches]
+            profiles += [summarise_trace(trace_file(traces, case, b), case, b, args.steps) for b in batches]
         except ValueError as error:  # a trace without GPU kernels
             failures[case.label] = str(error)
             print(f"{case.label}: FAILED\n{error}", flush=True)
+    profiles = with_graph_ratios(profiles)
     report = {"shape": args.shape, "layers": args.layers, "profiles": [asdict(p) for p in profiles], "failures": failures}
     (args.out / "profile_decode.json").write_text(json.dumps(report, indent=2) + "\n")
     if profiles:

@@ -10,27 +10,35 @@ import pytest
 from eval import bench_decode, profile_decode
 
 
-def _kernel(name: str, ts: float, dur: float, stream: int = 7) -> dict:
-    return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur, "args": {"stream": stream}}
+def _kernel(name: str, ts: float, dur: float, stream: int = 7, correlation: int = 0) -> dict:
+    return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur,
+            "args": {"stream": stream, "correlation": correlation}}  # fmt: skip
+
+
+def _graph_launch(ts: float, correlation: int) -> dict:
+    return {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": ts, "dur": 5.0,
+            "args": {"correlation": correlation}}  # fmt: skip
 
 
 def test_trace_summary_per_step(tmp_path: Path) -> None:
-    events = [
-        {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 0.0, "dur": 5.0},
-        _kernel("fused_moe_kernel", 10.0, 30.0),
-        _kernel("fused_recurrent_gated_delta_rule_fwd_kernel", 40.0, 10.0),
-        _kernel("_fwd_kernel_stage1", 50.0, 5.0),
-        _kernel("nvjet_tst_64x8_64x16_4x1_v_bz_TNT", 30.0, 20.0, stream=9),  # overlaps the MoE on a 2nd stream
-        _kernel("triton_poi_fused_add_0", 100.0, 10.0),
-        _kernel("fused_moe_kernel", 210.0, 30.0),  # the second step
+    events = [  # step 1: a graph replay (correlation 1) then a kernel outside it; step 2: a shorter replay
+        _graph_launch(0.0, 1),
+        _kernel("fused_moe_kernel", 10.0, 30.0, correlation=1),
+        _kernel("fused_recurrent_gated_delta_rule_fwd_kernel", 40.0, 10.0, correlation=1),
+        _kernel("_fwd_kernel_stage1", 50.0, 5.0, correlation=1),
+        _kernel("nvjet_tst_64x8_64x16_4x1_v_bz_TNT", 30.0, 20.0, stream=9, correlation=1),  # 2nd stream, overlapping
+        _kernel("triton_poi_fused_add_0", 100.0, 10.0, correlation=2),
+        _graph_launch(200.0, 3),
+        _kernel("fused_moe_kernel", 210.0, 30.0, correlation=3),
     ]
     path = tmp_path / "t.trace.json.gz"
     with gzip.open(path, "wt") as handle:
         json.dump({"traceEvents": events}, handle)
-    p = profile_decode.summarise_trace(path, "bf16 fse", 1, steps=2)
+    p = profile_decode.summarise_trace(path, bench_decode.Case("bf16", True), 1, steps=2)
     assert p.kernels_per_step == 3.0
     assert p.busy_us == pytest.approx((45 + 10 + 30) / 2)  # 10-55, 100-110, 210-240
     assert p.span_us == pytest.approx((240 - 10) / 2)
+    assert p.graph_us == pytest.approx((45 + 30) / 2)  # median of the replays' spans: 10-55 and 210-240
     assert p.groups_us == {"moe": 30.0, "gemm": 10.0, "deltanet": 5.0, "other": 5.0, "attention": 2.5}
     assert p.top_kernels[0] == ("fused_moe_kernel", 30.0)
 
@@ -39,7 +47,7 @@ def test_no_kernels_names_the_trace(tmp_path: Path) -> None:
     path = tmp_path / "cpu-only.json"
     path.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1}]}))
     with pytest.raises(ValueError, match="cpu-only.json: no GPU kernel"):
-        profile_decode.summarise_trace(path, "bf16", 1, steps=1)
+        profile_decode.summarise_trace(path, bench_decode.Case("bf16", True), 1, steps=1)
 
 
 def test_groups_of_sglang_kernel_names() -> None:
@@ -80,3 +88,15 @@ def test_saved_traces_are_summarised_without_a_gpu(tmp_path: Path, monkeypatch, 
     with pytest.raises(SystemExit):
         profile_decode.main()
     assert "measuring needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_graph_time_ratios_against_bf16_and_unfused() -> None:
+    def profile(fmt: str, fse: bool | None, graph_us: float | None) -> profile_decode.StepProfile:
+        return profile_decode.StepProfile(f"{fmt} {fse}", fmt, fse, 1, 5, 500, 1.0, 2.0, graph_us)
+
+    bf16, int8, int8_unfused, no_graph = profile_decode.with_graph_ratios(
+        [profile("bf16", True, 2200.0), profile("quark-w8a8-int8", True, 2000.0),
+         profile("quark-w8a8-int8", False, 2100.0), profile("modelopt-nvfp4", None, None)])  # fmt: skip
+    assert bf16.graph_vs_bf16 == 1.0 and int8.graph_vs_bf16 == pytest.approx(1.1)
+    assert int8.graph_fse_vs_unfused == pytest.approx(1.05) and int8_unfused.graph_fse_vs_unfused is None
+    assert no_graph.graph_vs_bf16 is None  # a run without CUDA graphs has no replay to compare
