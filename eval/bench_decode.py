@@ -5,9 +5,9 @@
                                 [--stock-moe-configs]
 
 SGLang's options for each format come from its tiny recipe (recipes/tiny-*.yaml, the recipe whose
-model.fixture is that format), with `--set FORMAT:KEY=VALUE` on top; ct-mxfp4 at real shapes wants
-`--set ct-mxfp4:moe-runner-backend=marlin` as recipes/qwen3.5-35b-mxfp4-h100.yaml serves it (the tiny
-model's hidden size keeps Marlin out of tiny-ct-mxfp4). For each format it writes a real-shaped random
+model.fixture is that format), then at real shapes what the real recipe adds that the tiny model cannot
+take (REAL_SHAPE_SETS: ct-mxfp4 on Marlin, as recipes/qwen3.5-35b-mxfp4-h100.yaml serves it), then
+`--set FORMAT:KEY=VALUE`. For each format it writes a real-shaped random
 checkpoint on the GPU (`sglang_ext.fixtures`, valid scales: no Inf/NaN reaching the kernels), then runs
 `python -m sglang.benchmark.one_batch` on it, once per fused-shared-expert setting where the format
 allows both. It prints one table and writes bench_decode.json:
@@ -51,6 +51,10 @@ REPO = Path(__file__).resolve().parent.parent
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
 TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs SGLang's Triton fused kernel
 MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
+# Options of the real-shape recipes that the tiny ones leave out because the tiny model cannot take them:
+# SGLang's Marlin MXFP4 MoE pads hidden to a multiple of 256 (tiny: 128); at real shapes its default path
+# upcasts ct-mxfp4's experts to BF16 instead of serving them 4-bit.
+REAL_SHAPE_SETS = {"ct-mxfp4": ["moe-runner-backend=marlin"]}
 
 
 @functools.cache
@@ -287,9 +291,9 @@ class FormatOptions:
 
 
 def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, FormatOptions]:
-    """--set FORMAT:KEY=VALUE items per format (every format, --formats or not) and the SGLang options they
-    give; a malformed item, an unknown format or an option the recipe rejects is a usage error, before any
-    GPU work."""
+    """Per format (every format, --formats or not): REAL_SHAPE_SETS unless --shape is tiny, then the --set
+    FORMAT:KEY=VALUE items, and the SGLang options they give; a malformed item, an unknown format or an
+    option the recipe rejects is a usage error, before any GPU work."""
     if bad := [item for item in args.sets if ":" not in item]:
         parser.error(f"--set {bad[0]}: expected FORMAT:KEY=VALUE, e.g. ct-mxfp4:moe-runner-backend=marlin")
     pairs = [item.split(":", 1) for item in args.sets]
@@ -297,7 +301,8 @@ def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     options = {}
     try:
         for fmt in formats:
-            sets = [kv for name, kv in pairs if name == fmt]
+            real = REAL_SHAPE_SETS.get(fmt, []) if args.shape != "tiny" else []
+            sets = [*real, *(kv for name, kv in pairs if name == fmt)]
             options[fmt] = FormatOptions(sets, server_args(fmt, sets))
     except LaunchError as error:
         parser.error(str(error))

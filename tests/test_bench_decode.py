@@ -21,6 +21,19 @@ def test_options_come_from_the_tiny_recipe_with_sets_on_top() -> None:
     assert nvfp4[nvfp4.index("--quantization") + 1] == "modelopt_fp4"
 
 
+def test_real_shapes_serve_ct_mxfp4_on_marlin_as_its_real_recipe_does() -> None:
+    def backend(shape: str, *sets: str) -> str | None:
+        parser = bench_decode.argparse.ArgumentParser()
+        bench_decode.add_checkpoint_arguments(parser)
+        args = parser.parse_args(["--shape", shape, *(f"--set={s}" for s in sets)])
+        cli = bench_decode.format_options(parser, args)["ct-mxfp4"].server_cli
+        return cli[cli.index("--moe-runner-backend") + 1] if "--moe-runner-backend" in cli else None
+
+    assert backend("qwen3.5-35b-a3b") == "marlin"
+    assert backend("tiny") is None  # Marlin's 256-wide padding does not fit the tiny model
+    assert backend("qwen3.5-35b-a3b", "ct-mxfp4:moe-runner-backend=triton") == "triton"  # --set has the last word
+
+
 def test_cases_cover_fse_on_off_and_stock_configs() -> None:
     labels = [c.label for c in bench_decode.cases(["bf16", "quark-mxfp4-fse", "modelopt-nvfp4"], True)]
     assert labels == ["bf16 fse", "bf16 no-fse", "bf16 fse stock-cfg", "quark-mxfp4-fse fse",
