@@ -130,7 +130,8 @@ def print_table(rows: list[ServingRow], shape: str, layers: int) -> None:
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(r.case, r.shape, str(r.concurrency), f"{r.request_throughput:.2f}", f"{r.output_throughput:.0f}",
-                      f"{r.median_ttft_ms:.0f}" if r.median_ttft_ms else "", f"{r.median_tpot_ms:.2f}" if r.median_tpot_ms else "",
+                      f"{r.median_ttft_ms:.0f}" if r.median_ttft_ms else "",
+                      f"{r.median_tpot_ms:.2f}" if r.median_tpot_ms else "",
                       bench_decode.ratio(r.vs_bf16), bench_decode.ratio(r.fse_vs_unfused))  # fmt: skip
     Console(width=170).print(table)
 

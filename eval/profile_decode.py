@@ -7,15 +7,16 @@ benchmark under the torch profiler, its kernels summed by what they compute.
 
 The checkpoints, SGLang options and cases are eval.bench_decode's (same --out reuses its checkpoints). For
 each case and batch size it profiles `--steps` decode steps (CUDA graphs replayed as when serving) and
-reads the trace: per step, the kernels launched, the time the GPU was busy (the union of kernel
-intervals, so work overlapped on two streams counts once), the step's span from its first kernel to its
-last, the span of the kernels its CUDA-graph replay ran (the forward pass on the GPU, free of the host
-work between steps), and the kernel time of each group (routed MoE, DeltaNet, attention, dense GEMMs, norms, sampling,
-other) with the kernels that weigh most. A step whose busy time is far below its span waits on the host;
-one with many short kernels is bound by kernel count rather than by bytes. The graph time is the steadiest
-number to compare cases by: host scheduling between replays varies with what else the host runs. Prints a table and writes
-profile_decode.json; traces stay in OUT/traces/<shape>-<layers>L/, and a rerun retakes only those missing
-or taken with other SGLang options or --steps.
+reads the trace. Per step: the kernels launched; the time the GPU was busy (the union of kernel intervals,
+so work overlapped on two streams counts once); the step's span from its first kernel to its last; the
+span of the kernels its CUDA-graph replay ran ("graph": the forward pass on the GPU, free of the host work
+between steps); and the kernel time of each group (routed MoE, DeltaNet, attention, dense GEMMs, norms,
+sampling, other) with the kernels that weigh most. A step whose busy time is far below its span waits on
+the host; one with many short kernels is bound by kernel count rather than by bytes. Graph time is the
+steadiest number to compare cases by, since host work between replays varies with what else the host
+runs. Prints a table with graph-time ratios (against BF16, FSE on/off) and writes profile_decode.json;
+traces stay in OUT/traces/<shape>-<layers>L/, and a rerun retakes only those missing or taken with other
+SGLang options or --steps.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def summarise_trace(path: Path, case: bench_decode.Case, batch: int, steps: int)
         by_name[e["name"]] += float(e["dur"]) / steps
     top = sorted(by_name.items(), key=lambda item: -item[1])[:8]
     span = max(stop for _, stop in intervals) - min(start for start, _ in intervals)
-    return StepProfile(case.label, case.fmt, case.fse, batch, steps, len(kernels) / steps, union_length(intervals) / steps, span / steps,
+    return StepProfile(case.label, case.fmt, case.fse, batch, steps, len(kernels) / steps,
+                       union_length(intervals) / steps, span / steps,
                        graph_replay_us(events, kernels), dict(sorted(by_group.items(), key=lambda item: -item[1])),
                        top)  # fmt: skip
 
