@@ -64,7 +64,8 @@ def print_table(done: list[Step]) -> None:
     for column in ("step", "exit", "minutes", "result"):
         table.add_column(column, justify="right")
     for step in done:
-        table.add_row(step.name, str(step.exit_code), f"{step.seconds / 60:.1f}", step.result)
+        result = step.result if Path(step.result).exists() else "none written"
+        table.add_row(step.name, str(step.exit_code), f"{step.seconds / 60:.1f}", result)
     Console(width=150).print(table)
 
 
