@@ -90,6 +90,9 @@ class Case:
         return self.label.replace(" ", "-")
 
 
+BASELINE = Case("bf16", True)  # every "× BF16" ratio is against it, measured in the same run
+
+
 @dataclass
 class Row:
     case: str
@@ -234,9 +237,9 @@ def with_ratios(rows: list[Row]) -> list[Row]:
     ms = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r.decode_ms for r in rows}
     floors = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r.floor_ms for r in rows}
     for r in rows:
-        baseline = ms.get(("bf16", True, False, r.batch))
+        baseline = ms.get((BASELINE.fmt, BASELINE.fse, False, r.batch))
         r.vs_bf16 = baseline / r.decode_ms if baseline else None
-        baseline_floor = floors.get(("bf16", True, False, r.batch))
+        baseline_floor = floors.get((BASELINE.fmt, BASELINE.fse, False, r.batch))
         r.floor_vs_bf16 = baseline_floor / r.floor_ms if baseline_floor else None
         unfused = ms.get((r.fmt, False, r.stock_moe_configs, r.batch)) if r.fse else None
         r.fse_vs_unfused = unfused / r.decode_ms if unfused else None

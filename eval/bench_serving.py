@@ -28,8 +28,6 @@ from launch import server
 from launch.errors import LaunchError
 from launch.recipe import LoadedRecipe, load_recipe
 
-BASELINE = bench_decode.Case("bf16", True)
-
 
 @dataclass
 class ServingRow:
@@ -112,7 +110,7 @@ def with_ratios(rows: list[ServingRow]) -> list[ServingRow]:
     prompt shape and concurrency."""
     tok_s = {(r.fmt, r.fse, r.shape, r.concurrency): r.output_throughput for r in rows}
     for r in rows:
-        base = tok_s.get((BASELINE.fmt, BASELINE.fse, r.shape, r.concurrency))
+        base = tok_s.get((bench_decode.BASELINE.fmt, bench_decode.BASELINE.fse, r.shape, r.concurrency))
         unfused = tok_s.get((r.fmt, False, r.shape, r.concurrency)) if r.fse else None
         r.vs_bf16 = r.output_throughput / base if base else None
         r.fse_vs_unfused = r.output_throughput / unfused if unfused else None
@@ -144,7 +142,7 @@ def main() -> int:
     args = parser.parse_args()
     options = bench_decode.format_options(parser, args)
     todo = bench_decode.cases(args.formats.split(","), False)
-    todo = [BASELINE, *(c for c in todo if c != BASELINE)]  # every ratio needs it, first
+    todo = [bench_decode.BASELINE, *(c for c in todo if c != bench_decode.BASELINE)]  # every ratio needs it, first
 
     # The checkpoint path is model.path, not an SGLang option: a placeholder gives the same options.
     server_cli = {c: case_recipe(c, Path("checkpoint"), options[c.fmt].sets).server_cli for c in todo}

@@ -141,7 +141,8 @@ def with_graph_ratios(profiles: list[StepProfile]) -> list[StepProfile]:
     graph = {(p.fmt, p.fse, p.batch): p.graph_us for p in profiles}
     for p in profiles:
         if p.graph_us:
-            baseline, unfused = graph.get(("bf16", True, p.batch)), graph.get((p.fmt, False, p.batch))
+            baseline = graph.get((bench_decode.BASELINE.fmt, bench_decode.BASELINE.fse, p.batch))
+            unfused = graph.get((p.fmt, False, p.batch))
             p.graph_vs_bf16 = baseline / p.graph_us if baseline else None
             p.graph_fse_vs_unfused = unfused / p.graph_us if unfused and p.fse else None
     return profiles
