@@ -85,8 +85,7 @@ def sweep(case: bench_decode.Case, loaded: LoadedRecipe, checkpoint: Path, concu
     plan = server.plan(loaded, str(checkpoint), out / "logs")
     command = speed_command(plan.base_url, loaded.recipe.model.served_name, checkpoint, concurrency, out)
     with server.running(plan, timeout_s=1200):
-        python_path = os.pathsep.join(filter(None, [str(bench_decode.REPO), os.environ.get("PYTHONPATH")]))
-        done = subprocess.run(command, env={**os.environ, "PYTHONPATH": python_path})
+        done = subprocess.run(command, env={**os.environ, "PYTHONPATH": server.repo_python_path()})
     if done.returncode != 0:
         raise RuntimeError(f"eval speed failed for {case.label} (exit {done.returncode}); see {out}")
     (out / "server_args.json").write_text(json.dumps(loaded.server_cli) + "\n")

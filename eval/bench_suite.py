@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from eval import bench_decode
+from launch import server
 
 
 @dataclass
@@ -50,9 +51,8 @@ def steps(args: argparse.Namespace) -> list[Step]:
 
 def run(step: Step) -> None:
     print(f"\n=== {step.name}: {' '.join(step.command[1:])}", flush=True)
-    python_path = os.pathsep.join(filter(None, [str(bench_decode.REPO), os.environ.get("PYTHONPATH")]))
     started = time.perf_counter()
-    step.exit_code = subprocess.run(step.command, env={**os.environ, "PYTHONPATH": python_path}).returncode
+    step.exit_code = subprocess.run(step.command, env={**os.environ, "PYTHONPATH": server.repo_python_path()}).returncode
     step.seconds = time.perf_counter() - started
 
 

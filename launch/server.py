@@ -46,6 +46,16 @@ class ServerPlan:
     log_path: Path
 
 
+def repo_python_path() -> str:
+    """PYTHONPATH for a child process that imports this repository's packages, installed or not."""
+    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+
+
+def sglang_env() -> dict[str, str]:
+    """What an SGLang process needs on top of the caller's environment to load sglang_ext."""
+    return {"SGLANG_EXTERNAL_MODEL_PACKAGE": EXTENSION_PACKAGE, "PYTHONPATH": repo_python_path()}
+
+
 def plan(loaded: LoadedRecipe, model_path: str, log_dir: Path, python: str = sys.executable) -> ServerPlan:
     recipe = loaded.recipe
     command = [python, "-m", "sglang.launch_server", "--model-path", model_path]
@@ -57,12 +67,7 @@ def plan(loaded: LoadedRecipe, model_path: str, log_dir: Path, python: str = sys
         command += ["--host", recipe.host]
     if "port" not in recipe.server_args:
         command += ["--port", str(recipe.port)]
-    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {
-        **recipe.env,
-        "SGLANG_EXTERNAL_MODEL_PACKAGE": EXTENSION_PACKAGE,
-        "PYTHONPATH": python_path,
-    }
+    env = {**recipe.env, **sglang_env()}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return ServerPlan(command, env, f"http://{recipe.host}:{recipe.port}", log_dir / f"{loaded.name}-{stamp}" / "server.log")
 
