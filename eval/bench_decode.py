@@ -6,9 +6,9 @@
 
 SGLang's options for each format come from its tiny recipe (recipes/tiny-*.yaml, the recipe whose
 model.fixture is that format), then at real shapes what the real recipe adds that the tiny model cannot
-take (REAL_SHAPE_SETS: ct-mxfp4 on Marlin, as recipes/qwen3.5-35b-mxfp4-h100.yaml serves it), then
-`--set FORMAT:KEY=VALUE`. For each format it writes a real-shaped random
-checkpoint on the GPU (`sglang_ext.fixtures`, valid scales: no Inf/NaN reaching the kernels), then runs
+take (`real_shape_sets`: the MoE runner of the format's Hopper recipe, e.g. ct-mxfp4 on Marlin), then
+`--set FORMAT:KEY=VALUE`. For each format it writes a real-shaped random checkpoint on the GPU
+(`sglang_ext.fixtures`, valid scales: no Inf/NaN reaching the kernels), then runs
 `python -m sglang.benchmark.one_batch` on it, once per fused-shared-expert setting where the format
 allows both. It prints one table and writes bench_decode.json:
 median decode step latency and tok/s per batch size, per-layer milliseconds, the ratio against BF16 at the
@@ -41,20 +41,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launch import server
 from launch.errors import LaunchError
 from launch.recipe import load_recipe, recipe_paths
 from sglang_ext import moe_configs
 from sglang_ext.fixtures import STAMP_FILE, write_fixture
 from sglang_ext.formats.safetensors_headers import read_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
 TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs SGLang's Triton fused kernel
 MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
-# Options of the real-shape recipes that the tiny ones leave out because the tiny model cannot take them:
-# SGLang's Marlin MXFP4 MoE pads hidden to a multiple of 256 (tiny: 128); at real shapes its default path
-# upcasts ct-mxfp4's experts to BF16 instead of serving them 4-bit.
-REAL_SHAPE_SETS = {"ct-mxfp4": ["moe-runner-backend=marlin"]}
+HOPPER = "sm90"  # these benchmarks' target; the MoE runner at real shapes is its recipe's
 
 
 @functools.cache
@@ -68,6 +65,19 @@ def tiny_recipe(fmt: str) -> str:
         formats = ", ".join(_tiny_recipes())
         raise LaunchError(f"no tiny recipe serves format {fmt!r}", hint=f"formats with a tiny recipe: {formats}")
     return _tiny_recipes()[fmt]
+
+
+@functools.cache
+def real_shape_sets(fmt: str) -> tuple[str, ...]:
+    """The MoE runner this repository's Hopper recipe serves `fmt` with, which its tiny recipe may leave out
+    because the tiny model cannot take it (recipes/qwen3.5-35b-mxfp4-h100.yaml: ct-mxfp4 on Marlin, whose
+    MXFP4 MoE pads hidden to a multiple of 256; SGLang's default would upcast the experts to BF16)."""
+    for name in recipe_paths():
+        recipe = load_recipe(name).recipe
+        if recipe.checkpoint_format == fmt and HOPPER in recipe.hardware.archs:
+            runner = recipe.server_args.get("moe-runner-backend")
+            return (f"moe-runner-backend={runner}",) if runner else ()
+    return ()
 
 
 def server_args(fmt: str, sets: list[str]) -> list[str]:
@@ -197,8 +207,7 @@ def one_batch(checkpoint: Path, args: list[str], case: Case, batches: list[int],
                *args, *extra]  # fmt: skip
     if case.fse is False:
         command.append("--disable-shared-experts-fusion")
-    env = {**os.environ, **(env or {}), "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_ext.models",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    env = {**os.environ, **(env or {}), **server.sglang_env()}
     if case.stock_moe_configs:
         env[moe_configs.ENV] = str(moe_configs.stock_config_dir())  # sglang_ext.moe_configs leaves a set one alone
     with log.open("w") as handle:
@@ -294,7 +303,7 @@ class FormatOptions:
 
 
 def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, FormatOptions]:
-    """Per format (every format, --formats or not): REAL_SHAPE_SETS unless --shape is tiny, then the --set
+    """Per format (every format, --formats or not): `real_shape_sets` unless --shape is tiny, then the --set
     FORMAT:KEY=VALUE items, and the SGLang options they give; a malformed item, an unknown format or an
     option the recipe rejects is a usage error, before any GPU work."""
     if bad := [item for item in args.sets if ":" not in item]:
@@ -304,7 +313,7 @@ def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     options = {}
     try:
         for fmt in formats:
-            real = REAL_SHAPE_SETS.get(fmt, []) if args.shape != "tiny" else []
+            real = real_shape_sets(fmt) if args.shape != "tiny" else ()
             sets = [*real, *(kv for name, kv in pairs if name == fmt)]
             options[fmt] = FormatOptions(sets, server_args(fmt, sets))
     except LaunchError as error:
