@@ -1,6 +1,7 @@
 """eval.bench_decode without a GPU: SGLang options per format, the weight bytes of the roofline, and the
 saved-case path (a split or interrupted sweep resumes, and the table's ratios come from saved cases)."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def test_options_come_from_the_tiny_recipe_with_sets_on_top() -> None:
 
 def test_real_shapes_serve_ct_mxfp4_on_marlin_as_its_real_recipe_does() -> None:
     def backend(shape: str, *sets: str) -> str | None:
-        parser = bench_decode.argparse.ArgumentParser()
+        parser = argparse.ArgumentParser()
         bench_decode.add_checkpoint_arguments(parser)
         args = parser.parse_args(["--shape", shape, *(f"--set={s}" for s in sets)])
         cli = bench_decode.format_options(parser, args)["ct-mxfp4"].server_cli
