@@ -46,12 +46,14 @@ from launch.errors import LaunchError
 from launch.recipe import load_recipe, recipe_paths
 from sglang_ext import moe_configs
 from sglang_ext.fixtures import STAMP_FILE, write_fixture
+from sglang_ext.fixtures.model_config import SHAPES, padded_vocab_size
 from sglang_ext.formats.safetensors_headers import read_checkpoint
 
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
 TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs SGLang's Triton fused kernel
 MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
 HOPPER = "sm90"  # these benchmarks' target; the MoE runner at real shapes is its recipe's
+ONE_BATCH_PROMPT_IDS = 10_000  # sglang.benchmark.one_batch draws its synthetic prompt ids from [0, 10000)
 
 
 @functools.cache
@@ -165,13 +167,19 @@ def cases(formats: list[str], stock_moe_configs: bool) -> list[Case]:
     return out
 
 
+def vocab_size(shape: str) -> int:
+    """The shape's vocab, grown where it lacks rows for one_batch's prompt ids (the tiny shape's 3k tokens:
+    the embedding gather would read out of bounds)."""
+    return max(SHAPES[shape].vocab_size or 0, padded_vocab_size(at_least=ONE_BATCH_PROMPT_IDS))
+
+
 def ensure_checkpoint(out: Path, shape: str, layers: int, fmt: str) -> Path:
     """The real-shaped random checkpoint of `fmt` under OUT/checkpoints, written on the GPU unless a complete
     one is there."""
     checkpoint = out / "checkpoints" / f"{shape}-{layers}L-{fmt}"
     if not (checkpoint / STAMP_FILE).exists():  # written last: a run cut off mid-write starts over
         started = time.perf_counter()
-        write_fixture(checkpoint, fmt, shape=shape, num_layers=layers, device="cuda")
+        write_fixture(checkpoint, fmt, shape=shape, num_layers=layers, vocab_size=vocab_size(shape), device="cuda")
         print(f"{fmt}: wrote {checkpoint.name} in {time.perf_counter() - started:.0f} s", flush=True)
     return checkpoint
 

@@ -63,6 +63,14 @@ def test_decode_bytes_read_dense_weights_once_and_the_experts_a_batch_touches(tm
     assert bench_decode.decode_bytes(checkpoint, config, 10_000) == pytest.approx(dense + routed)
 
 
+def test_benchmark_checkpoints_hold_every_prompt_id_one_batch_draws() -> None:
+    assert bench_decode.vocab_size("qwen3.5-35b-a3b") == 248320  # the published vocab is wide enough
+    assert bench_decode.vocab_size("tiny") >= bench_decode.ONE_BATCH_PROMPT_IDS > 3072  # 3072: the tiny tokenizer's
+    one_batch = pytest.importorskip("sglang.benchmark.one_batch", reason="SGLang is not installed")
+    reqs = one_batch.prepare_synthetic_inputs_for_latency_test(64, 256)
+    assert max(max(req.origin_input_ids) for req in reqs) < bench_decode.vocab_size("tiny")
+
+
 def _setup(fmt: str, *sets: str, shape: str = "qwen3.5-35b-a3b") -> dict:
     return {"shape": shape, "layers": 20, "server_args": bench_decode.server_args(fmt, list(sets))}
 

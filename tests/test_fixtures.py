@@ -5,6 +5,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen3_5MoeForConditionalGeneration
 
@@ -205,6 +206,16 @@ def test_cli_writes_and_lists_the_checkpoint(
     total = sum(path.stat().st_size for path in (tmp_path / "out").iterdir())
     assert f"{total:,} bytes" in printed
     assert read_json(tmp_path / "out" / STAMP_FILE)["seed"] == 2
+
+
+def test_a_vocab_size_override_sizes_embedding_and_lm_head_and_is_stamped(tmp_path: Path) -> None:
+    checkpoint = write_fixture(tmp_path / "wide", "bf16", vocab_size=10048)
+    assert read_json(checkpoint / "config.json")["text_config"]["vocab_size"] == 10048
+    assert read_json(checkpoint / STAMP_FILE)["vocab_size"] == 10048
+    with safe_open(checkpoint / "model.safetensors", "pt") as f:
+        rows = {name: f.get_slice(name).get_shape()[0] for name in f.keys()
+                if name.endswith(("embed_tokens.weight", "lm_head.weight"))}  # fmt: skip
+    assert rows and set(rows.values()) == {10048}, rows
 
 
 def test_real_shapes_follow_the_published_configs(tmp_path: Path) -> None:
