@@ -14,6 +14,7 @@ pytestmark = pytest.mark.gpu
 
 def test_tuned_tiny_configs_reach_sglangs_lookup(tmp_path: Path, monkeypatch) -> None:
     from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config
+    from sglang.srt.runtime_context import get_context
 
     shape = tune_moe.moe_shape("tiny", fse=True)
     best, rows = tune_moe.tune_file(shape, "bf16", [1, 8], jobs=4)
@@ -29,6 +30,7 @@ def test_tuned_tiny_configs_reach_sglangs_lookup(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(moe_configs, "TUNED_ROOT", tmp_path / "tuned")
     moe_configs.use_tuned_moe_configs(tmp_path / "cache")
     fused_moe_triton_config.get_moe_configs.cache_clear()
-    found = fused_moe_triton_config.get_moe_configs(shape.experts, shape.intermediate, None)
+    with get_context().override_server_args():  # the lookup reads the published server args, as in a server
+        found = fused_moe_triton_config.get_moe_configs(shape.experts, shape.intermediate, None)
     assert found is not None and found[1] == best[1] and found[8] == best[8]
     assert set(found) >= set(tune_moe.PREFILL_BATCHES)  # SGLang's defaults kept above the tuned range
