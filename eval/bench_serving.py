@@ -7,10 +7,11 @@ in the same run: one SGLang server per case, swept by `python -m eval speed` (SG
 The cases, checkpoints and SGLang options are eval.bench_decode's (same --out reuses its checkpoints):
 each format's tiny recipe pointed at the real-shaped checkpoint, once per fused-shared-expert setting
 where the format has both. BF16 with FSE on runs first; every other case's output tok/s is divided by
-BF16's at the same prompt shape and concurrency. Servers run one at a time on the recipe's port and are
-stopped (process group and all) before the next starts. Each case's sweep stays in OUT/serving/<case>/
-(speed.json, bench_serving records, server log, the SGLang options it ran with), and a rerun skips cases
-whose sweep completed with the options it would use. Prints one table and writes bench_serving.json.
+BF16's at the same prompt shape and concurrency, and so is its per-request decode speed (1 / median TPOT).
+Servers run one at a time on the recipe's port and are stopped (process group and all) before the next
+starts. Each case's sweep stays in OUT/serving/<case>/ (speed.json, bench_serving records, server log, the
+SGLang options it ran with), and a rerun skips cases whose sweep completed with the options it would use.
+Prints one table and writes bench_serving.json.
 """
 
 from __future__ import annotations
@@ -40,8 +41,12 @@ class ServingRow:
     output_throughput: float
     median_ttft_ms: float | None
     median_tpot_ms: float | None
+    # Speed-ups at the same prompt shape and concurrency, by output tok/s and by per-request decode speed
+    # (1 / median TPOT: steadier than output tok/s over a point's few requests, which TTFT and queueing sway).
     vs_bf16: float | None = None
-    fse_vs_unfused: float | None = None  # FSE-on rows: output tok/s fused / the same format unfused
+    tpot_vs_bf16: float | None = None
+    fse_vs_unfused: float | None = None  # FSE-on rows: fused against the same format unfused
+    tpot_fse_vs_unfused: float | None = None
 
 
 def case_overrides(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> list[str]:
@@ -104,23 +109,37 @@ def rows_of(case: bench_decode.Case, speed_json: Path) -> list[ServingRow]:
                        p["output_throughput"], p["median_ttft_ms"], p["median_tpot_ms"]) for p in points]  # fmt: skip
 
 
+def speedups(row: ServingRow, reference: ServingRow | None) -> tuple[float | None, float | None]:
+    """`row` against `reference`: output tok/s, and per-request decode speed (the inverse ratio of TPOT)."""
+    if reference is None:
+        return None, None
+    tpot = reference.median_tpot_ms / row.median_tpot_ms if reference.median_tpot_ms and row.median_tpot_ms else None
+    return row.output_throughput / reference.output_throughput, tpot
+
+
 def with_ratios(rows: list[ServingRow]) -> list[ServingRow]:
-    """Output tok/s against BF16 (FSE on), and for FSE-on rows against the same format unfused, at the same
-    prompt shape and concurrency."""
-    tok_s = {(r.fmt, r.fse, r.shape, r.concurrency): r.output_throughput for r in rows}
+    """Speed-ups against BF16 (FSE on), and for FSE-on rows against the same format unfused."""
+    by = {(r.fmt, r.fse, r.shape, r.concurrency): r for r in rows}
     for r in rows:
-        base = tok_s.get((bench_decode.BASELINE.fmt, bench_decode.BASELINE.fse, r.shape, r.concurrency))
-        unfused = tok_s.get((r.fmt, False, r.shape, r.concurrency)) if r.fse else None
-        r.vs_bf16 = r.output_throughput / base if base else None
-        r.fse_vs_unfused = r.output_throughput / unfused if unfused else None
+        base = by.get((bench_decode.BASELINE.fmt, bench_decode.BASELINE.fse, r.shape, r.concurrency))
+        unfused = by.get((r.fmt, False, r.shape, r.concurrency)) if r.fse else None
+        r.vs_bf16, r.tpot_vs_bf16 = speedups(r, base)
+        r.fse_vs_unfused, r.tpot_fse_vs_unfused = speedups(r, unfused)
     return rows
+
+
+def paired(by_tok_s: float | None, by_tpot: float | None) -> str:
+    if by_tok_s and by_tpot:
+        return f"{bench_decode.ratio(by_tok_s)} ({bench_decode.ratio(by_tpot)})"
+    return bench_decode.ratio(by_tok_s)
 
 
 def print_table(rows: list[ServingRow], shape: str, layers: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"serving, {shape} with {layers} layers (bench_serving, random ids; ratio: output tok/s)")
+    table = Table(title=f"serving, {shape} with {layers} layers (bench_serving, random ids; "
+                        "ratios: output tok/s (1 / TPOT))")
     columns = ("case", "prompt shape", "concurrency", "req/s", "output tok/s", "median TTFT ms", "median TPOT ms",
                "× BF16", "FSE on/off")  # fmt: skip
     for column in columns:
@@ -129,7 +148,7 @@ def print_table(rows: list[ServingRow], shape: str, layers: int) -> None:
         table.add_row(r.case, r.shape, str(r.concurrency), f"{r.request_throughput:.2f}", f"{r.output_throughput:.0f}",
                       f"{r.median_ttft_ms:.0f}" if r.median_ttft_ms else "",
                       f"{r.median_tpot_ms:.2f}" if r.median_tpot_ms else "",
-                      bench_decode.ratio(r.vs_bf16), bench_decode.ratio(r.fse_vs_unfused))  # fmt: skip
+                      paired(r.vs_bf16, r.tpot_vs_bf16), paired(r.fse_vs_unfused, r.tpot_fse_vs_unfused))  # fmt: skip
     Console(width=170).print(table)
 
 

@@ -37,11 +37,12 @@ def _cli(case: bench_decode.Case, *sets: str) -> list[str]:
     return bench_serving.case_recipe(case, Path("checkpoint"), list(sets)).server_cli
 
 
-def _sweep(folder: Path, tok_s: dict[int, float], failure: dict | None = None, server_cli: list[str] = ()) -> None:
+def _sweep(folder: Path, tok_s: dict[int, float], failure: dict | None = None, server_cli: list[str] = (),
+           tpot_ms: float = 5.0) -> None:  # fmt: skip
     folder.mkdir(parents=True)
     (folder / "server_args.json").write_text(json.dumps(list(server_cli)))
     points = [{"server": "quantized", "shape": "in512-out128", "concurrency": c, "request_throughput": t / 128,
-               "output_throughput": t, "median_ttft_ms": 20.0, "median_tpot_ms": 1000 * c / t, "completed": 3 * c}
+               "output_throughput": t, "median_ttft_ms": 20.0, "median_tpot_ms": tpot_ms, "completed": 3 * c}
               for c, t in tok_s.items()]  # fmt: skip
     (folder / "speed.json").write_text(json.dumps({"points": points, "failure": failure}))
 
@@ -49,9 +50,11 @@ def _sweep(folder: Path, tok_s: dict[int, float], failure: dict | None = None, s
 def test_completed_sweeps_resume_and_give_ratios(tmp_path: Path, monkeypatch, capsys) -> None:
     root = tmp_path / "serving" / "qwen3.5-35b-a3b-20L"
     Case = bench_decode.Case
-    _sweep(root / "bf16-fse", {1: 200.0, 8: 1200.0}, server_cli=_cli(Case("bf16", True)))
-    _sweep(root / "quark-w8a8-int8-fse", {1: 260.0, 8: 1500.0}, server_cli=_cli(Case("quark-w8a8-int8", True)))
-    _sweep(root / "quark-w8a8-int8-no-fse", {1: 300.0, 8: 1600.0}, server_cli=_cli(Case("quark-w8a8-int8", False)))
+    _sweep(root / "bf16-fse", {1: 200.0, 8: 1200.0}, server_cli=_cli(Case("bf16", True)), tpot_ms=6.0)
+    _sweep(root / "quark-w8a8-int8-fse", {1: 260.0, 8: 1500.0}, server_cli=_cli(Case("quark-w8a8-int8", True)),
+           tpot_ms=4.0)  # fmt: skip
+    _sweep(root / "quark-w8a8-int8-no-fse", {1: 300.0, 8: 1600.0}, server_cli=_cli(Case("quark-w8a8-int8", False)),
+           tpot_ms=5.0)  # fmt: skip
     argv = ["bench_serving", "--formats", "quark-w8a8-int8", "--concurrency", "1,8", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     assert bench_serving.main() == 0  # every sweep completed: no server, no GPU
@@ -62,7 +65,12 @@ def test_completed_sweeps_resume_and_give_ratios(tmp_path: Path, monkeypatch, ca
     assert by[("quark-w8a8-int8 no-fse", 8)]["vs_bf16"] == pytest.approx(1600 / 1200)
     assert by[("quark-w8a8-int8 fse", 8)]["fse_vs_unfused"] == pytest.approx(1500 / 1600)
     assert by[("quark-w8a8-int8 no-fse", 8)]["fse_vs_unfused"] is None
-    assert "quark-w8a8-int8 no-fse" in capsys.readouterr().out
+    # per-request decode speed: the inverse ratio of median TPOT
+    assert by[("quark-w8a8-int8 fse", 8)]["tpot_vs_bf16"] == pytest.approx(1.5)
+    assert by[("quark-w8a8-int8 fse", 8)]["tpot_fse_vs_unfused"] == pytest.approx(1.25)
+    assert by[("quark-w8a8-int8 no-fse", 1)]["tpot_fse_vs_unfused"] is None
+    printed = capsys.readouterr().out
+    assert "quark-w8a8-int8 no-fse" in printed and "0.94 (1.25)" in printed
 
 
 def test_a_failed_sweep_or_one_under_other_options_is_not_completed(tmp_path: Path) -> None:
