@@ -295,13 +295,19 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, formats: str = ALL
                         help="an SGLang option for one format on top of its tiny recipe")  # fmt: skip
 
 
-def require_cuda(parser: argparse.ArgumentParser) -> None:
-    """Measuring needs the GPU; reporting what --out already holds does not."""
+NO_GPU = "not measured: measuring needs a CUDA GPU and SGLang 0.5.17"
+
+
+def measurable(pending: list[Case]) -> tuple[list[Case], dict[str, str]]:
+    """The pending cases this machine can measure, and the rest as failures by case label: without a CUDA
+    GPU, none. The results already in --out are reported either way."""
     import torch
 
-    if not torch.cuda.is_available():
-        parser.error("measuring needs a CUDA GPU and SGLang 0.5.17; without one, only the results already in --out "
-                     "are reported")
+    if not pending or torch.cuda.is_available():
+        return pending, {}
+    print(f"error: {', '.join(c.label for c in pending)}: {NO_GPU}; reporting what --out already holds\n"
+          "fix: rerun with the same --out on a GPU machine to measure the rest", file=sys.stderr)  # fmt: skip
+    return [], {case.label: NO_GPU for case in pending}
 
 
 @dataclass(frozen=True)
@@ -347,8 +353,8 @@ def main() -> int:
     saved = args.out / "cases"
     done = load_cases(saved, setups)
     todo = [c for c in cases(formats, args.stock_moe_configs) if args.rerun or c.slug not in done]
+    todo, unmeasured = measurable(todo)
     if todo:
-        require_cuda(parser)
         bandwidth = hbm_bandwidth_gbs()
         print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s; {len(todo)} cases to run", flush=True)
 
@@ -357,7 +363,7 @@ def main() -> int:
         rows = case_rows(case, measured, checkpoint, args.layers, bandwidth)
         save_case(saved / f"{case.slug}.json", case.fmt, rows, setups[case.fmt], bandwidth)
 
-    failures = run_cases(args.out, args.shape, args.layers, todo, measure)
+    failures = {**unmeasured, **run_cases(args.out, args.shape, args.layers, todo, measure)}
     rows = with_ratios([row for rows in load_cases(saved, setups).values() for row in rows])
     report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows], "failures": failures}
     (args.out / "bench_decode.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -165,15 +165,14 @@ def main() -> int:
     # The checkpoint path is model.path, not an SGLang option: a placeholder gives the same options.
     server_cli = {c: case_recipe(c, Path("checkpoint"), options[c.fmt].sets).server_cli for c in todo}
     folder = {c: args.out / "serving" / f"{args.shape}-{args.layers}L" / c.slug for c in todo}
-    pending = [c for c in todo if not completed(folder[c], server_cli[c])]
+    pending, unmeasured = bench_decode.measurable([c for c in todo if not completed(folder[c], server_cli[c])])
     if pending:
-        bench_decode.require_cuda(parser)
         require_importable(parser)
 
     def measure(case: bench_decode.Case, checkpoint: Path) -> None:
         sweep(case, case_recipe(case, checkpoint, options[case.fmt].sets), checkpoint, args.concurrency, folder[case])
 
-    failures = bench_decode.run_cases(args.out, args.shape, args.layers, pending, measure)
+    failures = {**unmeasured, **bench_decode.run_cases(args.out, args.shape, args.layers, pending, measure)}
     rows = [row for c in todo if completed(folder[c], server_cli[c]) for row in rows_of(c, folder[c] / "speed.json")]
     rows = with_ratios(rows)
     report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows], "failures": failures}

@@ -185,14 +185,12 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     traces = args.out / "traces" / f"{args.shape}-{args.layers}L"
     setup = {fmt: {"server_args": o.server_cli, "steps": args.steps} for fmt, o in options.items()}
-    pending = [c for c in todo if not traced(traces, c, batches, setup[c.fmt])]
-    if pending:
-        bench_decode.require_cuda(parser)
+    pending, unmeasured = bench_decode.measurable([c for c in todo if not traced(traces, c, batches, setup[c.fmt])])
 
     def measure(case: bench_decode.Case, checkpoint: Path) -> None:
         profile_case(checkpoint, options[case.fmt].server_cli, case, batches, args.steps, traces, setup[case.fmt])
 
-    failures = bench_decode.run_cases(args.out, args.shape, args.layers, pending, measure)
+    failures = {**unmeasured, **bench_decode.run_cases(args.out, args.shape, args.layers, pending, measure)}
     profiles = []
     for case in (c for c in todo if c.label not in failures):
         try:

@@ -73,6 +73,20 @@ def test_completed_sweeps_resume_and_give_ratios(tmp_path: Path, monkeypatch, ca
     assert "quark-w8a8-int8 no-fse" in printed and "0.94 (1.25)" in printed
 
 
+def test_without_a_gpu_the_saved_sweeps_are_reported_and_the_rest_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    root = tmp_path / "serving" / "qwen3.5-35b-a3b-20L"
+    _sweep(root / "bf16-fse", {1: 200.0}, server_cli=_cli(bench_decode.Case("bf16", True)))
+    argv = ["bench_serving", "--formats", "quark-w8a8-int8", "--concurrency", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert bench_serving.main() == 1  # the INT8 sweeps need the GPU this machine lacks
+    report = json.loads((tmp_path / "bench_serving.json").read_text())
+    assert [r["case"] for r in report["rows"]] == ["bf16 fse"]
+    assert set(report["failures"]) == {"quark-w8a8-int8 fse", "quark-w8a8-int8 no-fse"}
+    printed = capsys.readouterr()
+    assert "bf16 fse" in printed.out and "not measured: measuring needs a CUDA GPU" in printed.err
+
+
 def test_a_failed_sweep_or_one_under_other_options_is_not_completed(tmp_path: Path) -> None:
     cli = _cli(bench_decode.Case("bf16", True))
     _sweep(tmp_path / "c", {1: 100.0}, failure={"server": "quantized", "shape": "in512-out128", "concurrency": 8,

@@ -85,9 +85,11 @@ def test_saved_traces_are_summarised_without_a_gpu(tmp_path: Path, monkeypatch, 
     # traces of one step do not stand for five: they are retaken, which needs the GPU
     assert not profile_decode.traced(traces, bench_decode.Case("bf16", True), [1], {**setup, "steps": 5})
     monkeypatch.setattr("sys.argv", [*argv[:-4], "--steps", "5", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        profile_decode.main()
-    assert "measuring needs a CUDA GPU" in capsys.readouterr().err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert profile_decode.main() == 1
+    assert "bf16 fse, bf16 no-fse: not measured: measuring needs a CUDA GPU" in capsys.readouterr().err
+    report = json.loads((tmp_path / "profile_decode.json").read_text())
+    assert report["profiles"] == [] and set(report["failures"]) == {"bf16 fse", "bf16 no-fse"}
 
 
 def test_graph_time_ratios_against_bf16_and_unfused() -> None:
