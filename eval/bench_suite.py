@@ -2,7 +2,7 @@
 eval.profile_decode and eval.bench_serving (eval.tune_moe first with --tune).
 
     python -m eval.bench_suite [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,...]
-                               [--set FORMAT:KEY=VALUE ...] [--tune] [--out DIR]
+                               [--set FORMAT:KEY=VALUE ...] [--concurrency 1,8,32,64] [--tune] [--out DIR]
 
 Each step is its own process, given these options and the same --out: the real-shaped checkpoints are
 written once per format and step, and every step resumes what it saved, so rerunning the suite after a
@@ -41,7 +41,8 @@ def steps(args: argparse.Namespace) -> list[Step]:
     planned = [
         ("bench_decode", [*common, "--stock-moe-configs"], args.out / "bench_decode.json"),
         ("profile_decode", common, args.out / "profile_decode.json"),
-        ("bench_serving", common, args.out / "bench_serving.json"),
+        ("bench_serving", [*common, *(["--concurrency", args.concurrency] if args.concurrency else [])],
+         args.out / "bench_serving.json"),
     ]
     if args.tune:
         tune_out = args.out / "tune_moe"
@@ -72,6 +73,7 @@ def print_table(done: list[Step]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.bench_suite", description=__doc__.split("\n\n")[0])
     bench_decode.add_checkpoint_arguments(parser)
+    parser.add_argument("--concurrency", help="bench_serving's sweep, e.g. 1,8,32,64 (default: its own, 1..64)")
     parser.add_argument("--tune", action="store_true", help="run eval.tune_moe first (about 10 min per config file)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     return parser

@@ -25,6 +25,13 @@ def test_each_step_runs_and_a_failure_does_not_stop_the_next(tmp_path: Path, mon
     assert capfd.readouterr().err.count("measuring needs a CUDA GPU") == 3
 
 
+def test_the_serving_sweep_takes_the_suites_concurrency(tmp_path: Path) -> None:
+    parse = bench_suite.build_parser().parse_args
+    *_, serving = bench_suite.steps(parse(["--concurrency", "1,8", "--out", str(tmp_path)]))
+    assert serving.command[serving.command.index("--concurrency") + 1] == "1,8"
+    assert all("--concurrency" not in step.command for step in bench_suite.steps(parse(["--out", str(tmp_path)])))
+
+
 def test_tune_runs_first_into_its_own_folder(tmp_path: Path) -> None:
     tune, *_ = bench_suite.steps(bench_suite.build_parser().parse_args(["--tune", "--out", str(tmp_path)]))
     assert tune.name == "tune_moe" and tune.result == str(tmp_path / "tune_moe" / "tune_moe.json")
