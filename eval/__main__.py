@@ -20,6 +20,7 @@ from pathlib import Path
 
 from eval import results, server
 from eval.journal import JOURNAL_NAME  # not eval.harness: `speed` runs without lm-eval
+from eval.speed import concurrency_list
 from launch.errors import LaunchError
 
 COMMANDS = {  # subcommand -> module with main(args, target)
@@ -29,16 +30,6 @@ COMMANDS = {  # subcommand -> module with main(args, target)
     "speed": "eval.speed",
     "chat": "eval.chat",
 }
-
-
-def _concurrency_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
@@ -90,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="throughput sweep with sglang.bench_serving, optionally vs a baseline")
     _server_options(p)
     _output_options(p, resumable=False)
-    p.add_argument("--concurrency", type=_concurrency_list, default=[1, 2, 4, 8, 16, 32, 64], help="e.g. 1,2,4,8 (default 1..64)")
+    p.add_argument("--concurrency", type=concurrency_list, default=[1, 2, 4, 8, 16, 32, 64], help="e.g. 1,2,4,8 (default 1..64)")
     p.add_argument("--baseline-recipe", help="the unquantized recipe, served on another port")
     p.add_argument("--baseline-base-url", help="baseline server (default: from --baseline-recipe)")
     p.add_argument("--baseline-model", help="baseline served model name (default: from --baseline-recipe)")

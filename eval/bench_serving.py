@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from eval import bench_decode
+from eval.speed import concurrency_list
 from launch import server
 from launch.errors import LaunchError
 from launch.recipe import LoadedRecipe, load_recipe
@@ -55,11 +56,12 @@ def case_overrides(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -
     return [f"model.path={checkpoint}", "model.fixture=null", bench_decode.MEM_FRACTION, *fse, *sets]
 
 
-def speed_command(base_url: str, model: str, checkpoint: Path, concurrency: str, out: Path) -> list[str]:
+def speed_command(base_url: str, model: str, checkpoint: Path, concurrency: list[int], out: Path) -> list[str]:
     """`python -m eval speed` against one server: random token ids (no dataset download), the
     checkpoint's own tokenizer."""
     return [sys.executable, "-m", "eval", "speed", "--base-url", base_url, "--model", model, "--tokenizer",
-            str(checkpoint), "--dataset", "random-ids", "--concurrency", concurrency, "--output", str(out)]  # fmt: skip
+            str(checkpoint), "--dataset", "random-ids", "--concurrency", ",".join(map(str, concurrency)),
+            "--output", str(out)]  # fmt: skip
 
 
 BENCH_SERVING = "sglang.benchmark.serving"
@@ -81,7 +83,7 @@ def case_recipe(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> L
     return load_recipe(bench_decode.tiny_recipe(case.fmt), case_overrides(case, checkpoint, sets))
 
 
-def sweep(case: bench_decode.Case, loaded: LoadedRecipe, checkpoint: Path, concurrency: str, out: Path) -> None:
+def sweep(case: bench_decode.Case, loaded: LoadedRecipe, checkpoint: Path, concurrency: list[int], out: Path) -> None:
     """Start the case's server, run eval speed against it (out/speed.json), stop the server."""
     try:  # a server already on the port would answer the health check and be measured instead
         server.check_port_free(loaded.recipe.host, loaded.recipe.port)
@@ -155,7 +157,7 @@ def print_table(rows: list[ServingRow], shape: str, layers: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.bench_serving", description=__doc__.split("\n\n")[0])
     bench_decode.add_checkpoint_arguments(parser)
-    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    parser.add_argument("--concurrency", type=concurrency_list, default="1,2,4,8,16,32,64", help="e.g. 1,8,32,64")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     args = parser.parse_args()
     options = bench_decode.format_options(parser, args)

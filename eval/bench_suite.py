@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from eval import bench_decode
+from eval.speed import concurrency_list
 from launch import server
 
 
@@ -41,7 +42,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
     planned = [
         ("bench_decode", [*common, "--stock-moe-configs"], args.out / "bench_decode.json"),
         ("profile_decode", common, args.out / "profile_decode.json"),
-        ("bench_serving", [*common, *(["--concurrency", args.concurrency] if args.concurrency else [])],
+        ("bench_serving", [*common, *(["--concurrency", ",".join(map(str, args.concurrency))] if args.concurrency else [])],
          args.out / "bench_serving.json"),
     ]
     if args.tune:
@@ -73,7 +74,7 @@ def print_table(done: list[Step]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.bench_suite", description=__doc__.split("\n\n")[0])
     bench_decode.add_checkpoint_arguments(parser)
-    parser.add_argument("--concurrency", help="bench_serving's sweep, e.g. 1,8,32,64 (default: its own, 1..64)")
+    parser.add_argument("--concurrency", type=concurrency_list, help="bench_serving's sweep, e.g. 1,8,32,64 (default: its own, 1..64)")
     parser.add_argument("--tune", action="store_true", help="run eval.tune_moe first (about 10 min per config file)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     return parser

@@ -34,6 +34,17 @@ from eval.server import Target
 from launch.errors import LaunchError
 
 
+def concurrency_list(text: str) -> list[int]:
+    """argparse type of a sweep's concurrencies, "1,8,32"."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 @dataclass(frozen=True)
 class Shape:
     name: str

@@ -27,7 +27,7 @@ def test_a_case_serves_its_checkpoint_with_its_fse_setting(tmp_path: Path) -> No
 def test_the_sweep_command_is_one_eval_speed_accepts(tmp_path: Path) -> None:
     from eval.__main__ import parser
 
-    command = bench_serving.speed_command("http://127.0.0.1:30000", "tiny", tmp_path, "1,8", tmp_path / "out")
+    command = bench_serving.speed_command("http://127.0.0.1:30000", "tiny", tmp_path, [1, 8], tmp_path / "out")
     assert command[1:4] == ["-m", "eval", "speed"]
     args = parser().parse_args(command[3:])
     assert args.concurrency == [1, 8] and args.dataset == "random-ids" and args.tokenizer == str(tmp_path)
@@ -110,7 +110,7 @@ def test_a_busy_port_is_named_with_the_set_that_moves_it(tmp_path: Path) -> None
         case = bench_decode.Case("bf16", True)
         loaded = bench_serving.case_recipe(case, tmp_path, [f"port={port}"])
         with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 is already in use") as error:
-            bench_serving.sweep(case, loaded, tmp_path, "1", tmp_path / "out")
+            bench_serving.sweep(case, loaded, tmp_path, [1], tmp_path / "out")
     assert f"--set bf16:port={port + 1}" in str(error.value)
     assert not (tmp_path / "out").exists()  # nothing started
 
