@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from launch import server
 from launch.errors import LaunchError
@@ -247,21 +248,26 @@ def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: i
     return rows
 
 
+def speedup(reference: Any, row: Any, field: str) -> float | None:
+    """How many times faster `row` is than `reference` by the time in `field` (ms, µs, TPOT); None where
+    there is no reference or either lacks the time."""
+    before, after = getattr(reference, field, None), getattr(row, field)
+    return before / after if before and after else None
+
+
 def with_ratios(rows: list[Row]) -> list[Row]:
     """Fill, at the same batch size: each row's speed-up over BF16 (FSE on, shipped configs) and the one its
     weight bytes allow; for FSE-on rows the speed-up over the same format unfused; and for the shipped-config
     rows of a format also measured with SGLang's stock configs, the tuned/stock ratio."""
-    ms = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r.decode_ms for r in rows}
-    floors = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r.floor_ms for r in rows}
+    by = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r for r in rows}
     for r in rows:
-        baseline = ms.get((BASELINE.fmt, BASELINE.fse, False, r.batch))
-        r.vs_bf16 = baseline / r.decode_ms if baseline else None
-        baseline_floor = floors.get((BASELINE.fmt, BASELINE.fse, False, r.batch))
-        r.floor_vs_bf16 = baseline_floor / r.floor_ms if baseline_floor else None
-        unfused = ms.get((r.fmt, False, r.stock_moe_configs, r.batch)) if r.fse else None
-        r.fse_vs_unfused = unfused / r.decode_ms if unfused else None
-        stock = ms.get((r.fmt, r.fse, True, r.batch))
-        r.tuned_vs_stock = stock / r.decode_ms if stock and not r.stock_moe_configs else None
+        baseline = by.get((BASELINE.fmt, BASELINE.fse, False, r.batch))
+        unfused = by.get((r.fmt, False, r.stock_moe_configs, r.batch)) if r.fse else None
+        stock = by.get((r.fmt, r.fse, True, r.batch)) if not r.stock_moe_configs else None
+        r.vs_bf16 = speedup(baseline, r, "decode_ms")
+        r.floor_vs_bf16 = speedup(baseline, r, "floor_ms")
+        r.fse_vs_unfused = speedup(unfused, r, "decode_ms")
+        r.tuned_vs_stock = speedup(stock, r, "decode_ms")
     return rows
 
 

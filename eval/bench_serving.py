@@ -115,8 +115,7 @@ def speedups(row: ServingRow, reference: ServingRow | None) -> tuple[float | Non
     """`row` against `reference`: output tok/s, and per-request decode speed (the inverse ratio of TPOT)."""
     if reference is None:
         return None, None
-    tpot = reference.median_tpot_ms / row.median_tpot_ms if reference.median_tpot_ms and row.median_tpot_ms else None
-    return row.output_throughput / reference.output_throughput, tpot
+    return row.output_throughput / reference.output_throughput, bench_decode.speedup(reference, row, "median_tpot_ms")
 
 
 def with_ratios(rows: list[ServingRow]) -> list[ServingRow]:

@@ -138,13 +138,12 @@ def traced(traces: Path, case: bench_decode.Case, batches: list[int], setup: dic
 
 
 def with_graph_ratios(profiles: list[StepProfile]) -> list[StepProfile]:
-    graph = {(p.fmt, p.fse, p.batch): p.graph_us for p in profiles}
+    by = {(p.fmt, p.fse, p.batch): p for p in profiles}
     for p in profiles:
-        if p.graph_us:
-            baseline = graph.get((bench_decode.BASELINE.fmt, bench_decode.BASELINE.fse, p.batch))
-            unfused = graph.get((p.fmt, False, p.batch))
-            p.graph_vs_bf16 = baseline / p.graph_us if baseline else None
-            p.graph_fse_vs_unfused = unfused / p.graph_us if unfused and p.fse else None
+        baseline = by.get((bench_decode.BASELINE.fmt, bench_decode.BASELINE.fse, p.batch))
+        unfused = by.get((p.fmt, False, p.batch)) if p.fse else None
+        p.graph_vs_bf16 = bench_decode.speedup(baseline, p, "graph_us")
+        p.graph_fse_vs_unfused = bench_decode.speedup(unfused, p, "graph_us")
     return profiles
 
 
