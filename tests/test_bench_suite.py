@@ -37,17 +37,16 @@ def test_tune_runs_first_into_its_own_folder(tmp_path: Path) -> None:
     assert tune.name == "tune_moe" and tune.result == str(tmp_path / "tune_moe" / "tune_moe.json")
 
 
-def test_a_bad_concurrency_stops_the_suite_before_any_step(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(sys, "argv", ["bench_suite", "--concurrency", "1,x", "--out", str(tmp_path)])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--set", "bf17:port=1"], "no tiny recipe serves format 'bf17'"),
+        (["--concurrency", "1,x"], "--concurrency: expected comma-separated integers, got '1,x'"),
+    ],
+)
+def test_bad_input_stops_the_suite_before_any_step(option, message, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_suite", *option, "--out", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:
         bench_suite.main()
-    assert exit_info.value.code == 2 and "--concurrency: expected comma-separated integers, got '1,x'" in capsys.readouterr().err
-    assert not (tmp_path / "bench_suite.json").exists()
-
-
-def test_a_bad_set_stops_the_suite_before_any_step(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(sys, "argv", ["bench_suite", "--set", "bf17:port=1", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit) as exit_info:
-        bench_suite.main()
-    assert exit_info.value.code == 2 and "no tiny recipe serves format 'bf17'" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "bench_suite.json").exists()
