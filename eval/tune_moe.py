@@ -19,7 +19,8 @@ Where this differs, each to fit a GPU lease of minutes rather than hours:
   ones, as `Qwen2MoeSparseMoeBlock` does when serving (SGLang's script routes top-k over all E+1).
 Batch sizes beyond the tuned ones keep SGLang's default config in the file, so prefill is unchanged.
 
-Prints per file and batch size the tuned and default kernel times and their ratio; writes tune_moe.json.
+Prints per file and batch size the tuned and default kernel times and their ratio; tune_moe.json holds them
+for every file finished so far.
 """
 
 from __future__ import annotations
@@ -271,17 +272,17 @@ def main() -> int:
         print("error: tuning needs a CUDA GPU (and SGLang 0.5.17 importable)", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, written = [], []
+    report = {"device": torch.cuda.get_device_name(), "shape": args.shape, "files": [], "rows": []}
     for fused in (fse[f] for f in args.fse.split(",")):
         shape = moe_shape(args.shape, fused)
         for dtype in dtypes:
             best, file_rows = tune_file(shape, dtype, batches, args.jobs)
-            written.append(str(write_config(best, shape, dtype, args.configs_out)))
-            rows += file_rows
-            print(f"wrote {written[-1]}", flush=True)
-    report = {"device": torch.cuda.get_device_name(), "shape": args.shape, "files": written, "rows": [asdict(r) for r in rows]}
-    (args.out / "tune_moe.json").write_text(json.dumps(report, indent=2) + "\n")
-    print_table(rows)
+            report["files"].append(str(write_config(best, shape, dtype, args.configs_out)))
+            report["rows"] += [asdict(r) for r in file_rows]
+            # after every file: a run cut short (a GPU lease ending mid-file) keeps the timings of those it finished
+            (args.out / "tune_moe.json").write_text(json.dumps(report, indent=2) + "\n")
+            print(f"wrote {report['files'][-1]}", flush=True)
+            print_table(file_rows)
     return 0
 
 

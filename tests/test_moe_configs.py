@@ -100,3 +100,38 @@ def test_sglang_gets_its_configs_and_ours(tmp_path: Path, monkeypatch) -> None:
     stock_files = {p.relative_to(stock) for p in stock.glob("triton_*/*.json")}
     merged_files = {p.relative_to(merged / "configs") for p in (merged / "configs").glob("triton_*/*.json")}
     assert len(stock_files) > 100 and merged_files == stock_files | {Path("triton_3_6_0") / ours}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang 0.5.17 is not importable here")
+def test_a_run_cut_short_keeps_the_files_it_finished(tmp_path: Path, monkeypatch) -> None:
+    """The GPU part (tune_file) is stood in for: the first file tunes, the second dies as when a lease ends;
+    the first file's config and timings must be on disk."""
+    import json
+    import sys
+
+    import torch
+    from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config
+
+    config = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1, "num_warps": 4,
+              "num_stages": 4}  # fmt: skip
+    calls = []
+
+    def tune_file(shape, dtype, batches, jobs):
+        calls.append(dtype)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("lease over")
+        return {1: config}, [tune_moe.Row(tune_moe.config_file(shape, dtype), 1, 9.0, 12.0, 12.0 / 9.0, config)]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(fused_moe_triton_config, "get_device_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(tune_moe, "tune_file", tune_file)
+    monkeypatch.setattr(sys, "argv", ["tune_moe", "--fse", "off", "--configs-out", str(tmp_path / "tuned"),
+                                      "--out", str(tmp_path / "out")])  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        tune_moe.main()
+    assert calls == ["bf16", "int8_w8a8"]
+    report = json.loads((tmp_path / "out/tune_moe.json").read_text())
+    assert [Path(f).name for f in report["files"]] == ["E=256,N=512,device_name=NVIDIA_H200.json"]
+    assert [(r["batch"], r["speedup"]) for r in report["rows"]] == [(1, 12.0 / 9.0)]
+    assert json.loads(Path(report["files"][0]).read_text()) == {"1": config}
