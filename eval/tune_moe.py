@@ -269,7 +269,9 @@ def main() -> int:
         parser.error(f"--fse {bad[0]}: expected on, off or on,off")
     batches = sorted({int(b) for b in args.batch_sizes.split(",")})
     if not torch.cuda.is_available():
-        print("error: tuning needs a CUDA GPU (and SGLang 0.5.17 importable)", file=sys.stderr)
+        print("error: tuning needs a CUDA GPU (and SGLang 0.5.17 importable); nothing was tuned\n"
+              "fix: run it on the GPU machine, e.g. bash tests/gpu/run_on_device.sh --run python -m eval.tune_moe",
+              file=sys.stderr)  # fmt: skip
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"device": torch.cuda.get_device_name(), "shape": args.shape, "files": [], "rows": []}

@@ -135,3 +135,16 @@ def test_a_run_cut_short_keeps_the_files_it_finished(tmp_path: Path, monkeypatch
     assert [Path(f).name for f in report["files"]] == ["E=256,N=512,device_name=NVIDIA_H200.json"]
     assert [(r["batch"], r["speedup"]) for r in report["rows"]] == [(1, 12.0 / 9.0)]
     assert json.loads(Path(report["files"][0]).read_text()) == {"1": config}
+
+
+def test_without_a_gpu_the_tuner_says_how_to_run_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sys
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["tune_moe", "--configs-out", str(tmp_path / "tuned"), "--out", str(tmp_path)])
+    assert tune_moe.main() == 1
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "fix: run it on the GPU machine" in err and "run_on_device.sh" in err
+    assert not (tmp_path / "tuned").exists() and not (tmp_path / "tune_moe.json").exists()
