@@ -15,11 +15,8 @@ from eval.__main__ import main  # noqa: E402
 from eval.journal import Journal  # noqa: E402
 from openai_double import Faults, OpenAIDouble  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-GSM8K_DIR = REPO.parent / "shared" / "data" / "gsm8k"
-needs_data = pytest.mark.skipif(
-    not (GSM8K_DIR / "test.jsonl").is_file(), reason=f"GSM8K data not found at {GSM8K_DIR} (shared/data/gsm8k)"
-)
+# The first GSM8K test questions and a train pool for the shots, carried here (tests/data/gsm8k/README.md).
+GSM8K_DIR = Path(__file__).resolve().parent / "data" / "gsm8k"
 LIMIT = 6
 # Q0's gold is 18, Q1's is 3 (the first two GSM8K test questions). Every reply ends with a number so the
 # flexible filter finds one; the strict filter needs the "#### N" line.
@@ -61,8 +58,6 @@ def results_of(tmp_path: Path, output: str = "out") -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
     """One uninterrupted run with the recipe's defaults: its results.json and the request bodies."""
-    if not (GSM8K_DIR / "test.jsonl").is_file():
-        pytest.skip(f"GSM8K data not found at {GSM8K_DIR} (shared/data/gsm8k)")
     tmp_path = tmp_path_factory.mktemp("reference")
     with OpenAIDouble(canned) as double:
         assert run(tmp_path, double.base_url) == 0
@@ -96,7 +91,6 @@ def test_recipe_defaults_thinking_off(reference):
     assert {b["max_tokens"] for b in bodies} == {256}  # tiny-bf16's eval.max_tokens
 
 
-@needs_data
 def test_requests_follow_the_inferencex_recipe(tmp_path: Path):
     with OpenAIDouble(canned) as double:
         run(tmp_path, double.base_url, "--think", "--max-tokens", "77", "--concurrency", "3")
@@ -113,7 +107,6 @@ def test_requests_follow_the_inferencex_recipe(tmp_path: Path):
     )
 
 
-@needs_data
 def test_interrupted_run_resumes_with_only_the_missing_requests(tmp_path: Path, capsys, reference):
     answered = 2
     with OpenAIDouble(canned, faults=Faults(fail_after=answered)) as broken:
@@ -136,7 +129,6 @@ def test_interrupted_run_resumes_with_only_the_missing_requests(tmp_path: Path, 
     assert resumed["config"]["answers_reused_from_journal"] == answered
 
 
-@needs_data
 def test_transient_500s_are_retried(tmp_path: Path):
     with OpenAIDouble(canned, faults=Faults(fail_first=1)) as double:
         assert run(tmp_path, double.base_url, "--concurrency", "1") == 0
@@ -144,7 +136,6 @@ def test_transient_500s_are_retried(tmp_path: Path):
     assert results_of(tmp_path)["metrics"]["exact_match,strict-match"]["value"] == pytest.approx(50)
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("faults", "message"),
     [

@@ -13,7 +13,7 @@ from sglang_ext import fixtures
 from sglang_ext.fixtures import FORMATS, STAMP_FILE, ensure_fixture, write_fixture
 from sglang_ext.fixtures.__main__ import main as cli_main
 from sglang_ext.fixtures.model_config import TOKENIZER_DIR
-from sglang_ext.fixtures.train_tokenizer import DEFAULT_DATA, write_tokenizer
+from sglang_ext.fixtures.train_tokenizer import write_tokenizer
 
 # The first question of GSM8K's train split (MIT licence).
 GSM8K_QUESTION = (
@@ -190,17 +190,15 @@ def test_config_token_ids_match_the_tokenizer(bf16_dir: Path) -> None:
 def test_shipped_tokenizer_is_small_and_reproducible(tmp_path: Path) -> None:
     shipped = [TOKENIZER_DIR / "tokenizer.json", TOKENIZER_DIR / "tokenizer_config.json"]
     assert sum(path.stat().st_size for path in shipped) < 300_000
-    if not DEFAULT_DATA.exists():
-        pytest.skip(f"GSM8K train split not at {DEFAULT_DATA}")
-    for path in write_tokenizer(DEFAULT_DATA, tmp_path):
+    gsm8k_train = Path(__file__).resolve().parent / "data" / "gsm8k" / "train-full.jsonl.gz"
+    for path in write_tokenizer(gsm8k_train, tmp_path):
         assert path.read_bytes() == (TOKENIZER_DIR / path.name).read_bytes(), path.name
 
 
 def test_cli_writes_and_lists_the_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("sys.argv", ["python -m sglang_ext.fixtures", str(tmp_path / "out"), "--seed", "2"])
-    cli_main()
+    cli_main([str(tmp_path / "out"), "--seed", "2"])
     printed = capsys.readouterr().out
     assert "model.safetensors" in printed and "config.json" in printed
     total = sum(path.stat().st_size for path in (tmp_path / "out").iterdir())
