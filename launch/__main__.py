@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from launch import hardware, server
-from launch.checkpoint import check_local_checkpoint
+from launch.checkpoint import check_local_checkpoint, resolve_model_path
 from launch.errors import LaunchError
 from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
 
@@ -73,7 +73,7 @@ def list_recipes(machine: hardware.Machine) -> int:
 def _model_path(loaded: LoadedRecipe, materialize: bool) -> str:
     model = loaded.recipe.model
     if model.path:
-        return model.path
+        return resolve_model_path(model.path, loaded.where("model", "path"))
     try:
         from sglang_ext.fixtures import ensure_fixture, fixture_dir
     except ImportError as error:

@@ -5,6 +5,7 @@ KeyError or a shape assertion deep inside SGLang's weight loader. Hub ids are no
 downloaded); `python -m sglang_ext.inspect DIR` checks any directory by hand.
 """
 
+import re
 from pathlib import Path
 
 from launch.errors import LaunchError
@@ -19,6 +20,29 @@ SCHEME_OF_FORMAT = {
     "quark-w8a8-int8": "quark-w8a8-int8",
 }
 SHOWN_PROBLEMS = 10
+# A Hugging Face hub id: ORG/NAME of letters, digits, '-', '_' and '.' (what huggingface_hub accepts).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model_path(path: str, where: str) -> str:
+    """`model.path` as the server will read it: an existing checkpoint directory, or a hub id. Anything else
+    (a local path with nothing there, a file) is refused here rather than minutes later inside SGLang;
+    `where` names the recipe file or `--set` that gave the path."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return str(local)
+    if local.exists():
+        raise LaunchError(f"{where}: model.path: {path} is a file; it must be the checkpoint directory "
+                          "(the folder with config.json and *.safetensors)",
+                          hint=f"--set model.path={local.parent}" if (local.parent / "config.json").exists()
+                          else "point model.path at the checkpoint directory")  # fmt: skip
+    if HUB_ID.match(path) and not path.startswith("."):
+        return path
+    raise LaunchError(
+        f"{where}: model.path: {path} is neither a checkpoint directory on this machine (nothing is there) "
+        "nor a hub id (ORG/NAME)",
+        hint="copy the checkpoint there, point model.path at where it is (--set model.path=DIR), or give its hub id",
+    )
 
 
 def check_local_checkpoint(path: str, checkpoint_format: str, recipe_name: str) -> bool:

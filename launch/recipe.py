@@ -9,7 +9,7 @@ Every tool in this repository (launcher, evals, tests) reads recipes through `lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,6 +115,11 @@ class LoadedRecipe:
     recipe: Recipe
     server_cli: list[str]
     options: OptionTable
+    origin: dict[tuple, Path | str] = field(default_factory=dict)  # key path -> the file or --set that set it
+
+    def where(self, *key: str) -> str:
+        """The recipe file, or `--set ...`, that supplied the field at `key` (for error messages)."""
+        return _where(_owner(self.origin, key, self.path))
 
 
 def recipe_paths(directory: Path = RECIPES_DIR) -> dict[str, Path]:
@@ -143,11 +148,13 @@ def resolve(name_or_path: str, directory: Path = RECIPES_DIR) -> Path:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise LaunchError(f"{where}: not valid YAML: {err.problem}", hint="fix the YAML syntax there")
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise LaunchError(f"{path}: not valid YAML text: {err}", hint="a recipe is UTF-8 YAML; fix or rewrite the file")
     except OSError as err:
         raise LaunchError(f"cannot read recipe {path}: {err.strerror}")
     if not isinstance(data, dict):
@@ -262,4 +269,4 @@ def load_recipe(name_or_path: str, overrides: list[str] = (), directory: Path = 
     data = apply_overrides(data, overrides, origin)
     recipe = validate(data, path, origin)
     cli, table = check_server_args(recipe, path, origin)
-    return LoadedRecipe(name=path.stem, path=path, recipe=recipe, server_cli=cli, options=table)
+    return LoadedRecipe(name=path.stem, path=path, recipe=recipe, server_cli=cli, options=table, origin=origin)

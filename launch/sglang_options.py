@@ -32,6 +32,21 @@ _SPECIAL_TYPES: dict[str, ValueType] = {
 }
 
 
+# Bounds SGLang's parser leaves unchecked but a server cannot start outside of (option dest -> (low, high),
+# inclusive; None: unbounded), so a recipe or --set is refused before anything starts.
+VALUE_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "port": (1, 65535),
+    "nccl_port": (1, 65535),
+    "tp_size": (1, None),
+    "ep_size": (1, None),
+    "dp_size": (1, None),
+    "pp_size": (1, None),
+    "nnodes": (1, None),
+    "node_rank": (0, None),
+    "mem_fraction_static": (0, 1),
+}
+
+
 @dataclass(frozen=True)
 class Option:
     flags: tuple[str, ...]
@@ -188,6 +203,10 @@ def _render_value(key: str, option: Option, value: Any) -> str:
         raise ServerArgError(key, f"'{key}' takes a token count (e.g. 32768 or '32k'), not {value!r}")
     if isinstance(value, bool):
         raise ServerArgError(key, f"'{key}' takes a {option.type}, not a true/false")
+    low, high = VALUE_BOUNDS.get(option.dest, (None, None))
+    if isinstance(value, (int, float)) and ((low is not None and value < low) or (high is not None and value > high)):
+        bounds = f"{low}..{high}" if high is not None else f"≥ {low}"
+        raise ServerArgError(key, f"'{key}' must be {bounds}; got {value!r}")
     text = str(value)
     if option.choices and text not in option.choices:
         raise ServerArgError(

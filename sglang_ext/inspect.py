@@ -50,6 +50,8 @@ def _summary_table(report: Report) -> Table:
 def render(report: Report, console: Console, max_problems: int) -> None:
     if report.summary:
         console.print(_summary_table(report))
+    if report.mtp_experts:
+        console.print(f"MTP layer's routed experts: {report.mtp_experts}")
     if report.quantized or report.excluded:
         def listing(counts: dict[str, int]) -> str:
             return ", ".join(f"{group} ({counts[group]})" for group in GROUP_ORDER if group in counts) or "none"

@@ -30,3 +30,19 @@ def fixtures_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for fmt in FORMATS:
         write_fixture(root / fmt, fmt, seed=0)
     return root
+
+
+def _hypothesis_profiles() -> None:
+    import os
+    from datetime import timedelta
+
+    from hypothesis import HealthCheck, settings
+
+    # Function-scoped fixtures (tmp paths) are reused across examples on purpose: each example rewrites them.
+    common = {"deadline": timedelta(seconds=10), "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
+    settings.register_profile("ci", max_examples=100, derandomize=True, **common)
+    settings.register_profile("sweep", max_examples=2000, **common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+_hypothesis_profiles()

@@ -274,3 +274,21 @@ def test_a_397b_sized_checkpoint_is_checked_from_headers(fixtures_root: Path, tm
     assert report.ok, report.problems[:3]
     assert report.tensors == len(expected)
     assert report.quantized == {"routed experts": 60 * 512 * 3, "shared expert": 60 * 3}
+
+
+def test_a_config_json_that_is_a_list_is_one_clean_problem(fixtures_root: Path, tmp_path: Path, capsys) -> None:
+    path = shutil.copytree(fixtures_root / "bf16", tmp_path / "c")
+    (path / "config.json").write_text("[1, 2]")
+    assert inspect_main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "config.json: a JSON object (mapping) is expected at the top level, not list" in out
+
+
+def test_a_config_field_of_the_wrong_type_or_size_is_named(fixtures_root: Path, tmp_path: Path) -> None:
+    def damage(config: dict) -> None:
+        config["text_config"]["num_experts"] = 10**9
+        config["text_config"]["hidden_size"] = "128"
+
+    found = problems(corrupt(fixtures_root / "bf16", tmp_path / "c", config=damage))
+    assert any("text_config.num_experts: Input should be less than or equal to 4096" in p for p in found), found
+    assert any("text_config.hidden_size: Input should be a valid integer" in p for p in found), found

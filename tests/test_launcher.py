@@ -165,3 +165,25 @@ except KeyboardInterrupt:
     assert launcher.stdout.readline().strip() == "stopped"
     launcher.wait(timeout=30)
     assert _wait_dead(grandchild)
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "-1"])
+def test_a_port_outside_tcp_range_is_refused(port):
+    done = run_cli("tiny-bf16", "--dry-run", "--set", f"port={port}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"--set port={port}: server_args.port: 'port' must be 1..65535" in " ".join(done.stderr.split())
+
+
+@pytest.mark.parametrize("path", ["/nonexistent/x", "./models/x", "not/a/hub/id"])
+def test_a_model_path_that_is_neither_a_directory_nor_a_hub_id_is_refused(path):
+    done = run_cli("tiny-bf16", "--dry-run", "--set", "model.fixture=null", "--set", f"model.path={path}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())
+    assert f"--set model.path={path}: model.path: {path} is neither a checkpoint directory" in message
+
+
+def test_a_hub_id_or_an_existing_directory_is_accepted(tmp_path: Path):
+    for path in ("Qwen/Qwen3.6-35B-A3B", str(tmp_path)):
+        done = run_cli("tiny-bf16", "--dry-run", "--set", "model.fixture=null", "--set", f"model.path={path}")
+        assert done.returncode == 0, done.stderr
+        assert f"--model-path {path}" in done.stdout

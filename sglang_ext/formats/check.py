@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sglang_ext.formats import layout
+from sglang_ext.formats.config_fields import ConfigError, check_config_fields
 from sglang_ext.formats.safetensors_headers import HeaderError, StoredEntry, read_checkpoint
 from sglang_ext.formats.schemes import Scheme, UnsupportedQuantization, detect_scheme
 
@@ -39,6 +40,7 @@ class Report:
     excluded: dict[str, int] = field(default_factory=dict)  # group -> Linear modules left unquantized
     quantized: dict[str, int] = field(default_factory=dict)  # group -> Linear modules quantized
     tensors: int = 0
+    mtp_experts: str = ""  # how the MTP layer stores its routed experts
 
     @property
     def ok(self) -> bool:
@@ -50,6 +52,7 @@ class Report:
             "scheme": self.scheme,
             "ok": self.ok,
             "tensors": self.tensors,
+            "mtp_experts": self.mtp_experts,
             "problems": [{"tensor": p.tensor, "message": p.message} for p in self.problems],
             "summary": [
                 {"group": group, "precision": precision, "tensors": count, "bytes": nbytes}
@@ -62,9 +65,14 @@ class Report:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise HeaderError(f"{path.name}: not valid JSON ({error})") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path.name}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"{path.name}: cannot be read ({error.strerror or error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: a JSON object (mapping) is expected at the top level, not {type(data).__name__}")
+    return data
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -84,7 +92,7 @@ def _mismatch_hint(expected: layout.ExpectedTensor, entry: StoredEntry) -> str:
 
 def checkpoint_scheme(path: Path) -> tuple[Scheme | None, dict[str, Any], dict[str, Any]]:
     """(scheme, the dict its exclusions are read from, config.json) of a checkpoint directory; raises
-    HeaderError / UnsupportedQuantization naming the file and field."""
+    ConfigError / HeaderError / UnsupportedQuantization naming the file and field."""
     config, hf_quant_config = _read_configs(Path(path))
     return (*detect_scheme(config, hf_quant_config), config)
 
@@ -94,12 +102,7 @@ def _read_configs(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     if not config_path.exists():
         raise HeaderError(f"no {CONFIG_FILE} in {path}: point at the checkpoint directory")
     config = _read_json(config_path)
-    for key in ("text_config", "vision_config"):
-        if key not in config:
-            raise HeaderError(
-                f"{CONFIG_FILE}: no {key!r}; expected a Qwen3_5MoeForConditionalGeneration config "
-                f"(architectures: {config.get('architectures')})"
-            )
+    check_config_fields(config, CONFIG_FILE)
     hf_quant = path / HF_QUANT_CONFIG_FILE
     return config, _read_json(hf_quant) if hf_quant.exists() else None
 
@@ -110,7 +113,7 @@ def check_checkpoint(path: Path) -> Report:
     try:
         scheme, quant_config, config = checkpoint_scheme(path)
         stored = read_checkpoint(path)
-    except HeaderError as error:
+    except (HeaderError, ConfigError) as error:
         report.problems.append(Problem("", str(error)))
         return report
     except UnsupportedQuantization as error:
@@ -120,12 +123,10 @@ def check_checkpoint(path: Path) -> Report:
     report.tensors = len(stored)
     # BF16 checkpoints come fused (as published) or per expert (a re-export); quantized ones per expert.
     fused = scheme is None and not any(_MAIN_LAYER_EXPERT.match(entry.name) for entry in stored)
-    try:
-        expected = layout.expected_tensors(config, scheme, quant_config, fused_experts=fused)
-    except KeyError as error:
-        report.problems.append(Problem("", f"{CONFIG_FILE}: text_config or vision_config lacks {error}, which the "
-                                           "Qwen3.5-MoE layout needs; use the checkpoint's original config.json"))
-        return report
+    mtp_fused = layout.mtp_experts_fused(entry.name for entry in stored)
+    if config["text_config"]["mtp_num_hidden_layers"]:
+        report.mtp_experts = "fused 3-D (Qwen3.6 layout)" if mtp_fused else "per expert (Qwen3.5 layout)"
+    expected = layout.expected_tensors(config, scheme, quant_config, fused, mtp_fused)
     _compare(report, expected, {entry.name: entry for entry in stored})
     if scheme is not None:
         precision = {e.module: e.precision for e in expected if e.module}

@@ -7,6 +7,7 @@ a Linear is stored in BF16 or as the scheme's quantized tensors. Writers and the
 """
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,20 +57,31 @@ def quantized_tensors(scheme: Scheme, module: str, out: int, in_: int) -> list[E
     ]
 
 
+_MTP_FUSED_EXPERTS = re.compile(r"^mtp\.layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)$")
+
+
+def mtp_experts_fused(names: Iterable[str]) -> bool:
+    """Whether a checkpoint with these tensor names stores its MTP experts fused 3-D (the Qwen3.6 layout)
+    rather than per expert (the Qwen3.5 layout)."""
+    return any(_MTP_FUSED_EXPERTS.match(name) for name in names)
+
+
 def expected_tensors(
     config: dict[str, Any],
     scheme: Scheme | None = None,
     quant_config: dict[str, Any] | None = None,
     fused_experts: bool | None = None,
+    mtp_fused_experts: bool = False,
 ) -> list[ExpectedTensor]:
     """The checkpoint's tensors: BF16 when `scheme` is None, else every Linear that `quant_config` does
     not exclude stored the scheme's way. Quantized checkpoints store experts per expert; BF16 ones
-    fused unless `fused_experts=False` (a per-expert BF16 re-export)."""
+    fused unless `fused_experts=False` (a per-expert BF16 re-export). The MTP layer's experts, never
+    quantized, are per expert unless `mtp_fused_experts`."""
     if fused_experts is None:
         fused_experts = scheme is None
     quant_config = quant_config or {}
     expected = []
-    for spec in checkpoint_specs(config, fused_experts=fused_experts):
+    for spec in checkpoint_specs(config, fused_experts, mtp_fused_experts):
         if scheme is None or not spec.linear or scheme.is_excluded(spec.module, quant_config):
             expected.append(_unquantized(spec))
         else:

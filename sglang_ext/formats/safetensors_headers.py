@@ -28,6 +28,10 @@ class HeaderError(ValueError):
     """A weight file or index that cannot be read; the message names the file."""
 
 
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_header(path: Path) -> list[StoredEntry]:
     size = path.stat().st_size
     with path.open("rb") as file:
@@ -41,6 +45,8 @@ def read_header(path: Path) -> list[StoredEntry]:
             header = json.loads(file.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise HeaderError(f"{path.name}: header is not valid JSON ({error}): corrupt or not safetensors") from None
+    if not isinstance(header, dict):
+        raise HeaderError(f"{path.name}: header is a JSON {type(header).__name__}, not a mapping: corrupt or not safetensors")
     header.pop("__metadata__", None)
     data_size = size - 8 - length
     entries = []
@@ -50,6 +56,12 @@ def read_header(path: Path) -> list[StoredEntry]:
             entry = StoredEntry(name, info["dtype"], tuple(info["shape"]), end - start, path.name)
         except (KeyError, TypeError, ValueError):
             raise HeaderError(f"{path.name}: header entry {name!r} lacks dtype/shape/data_offsets") from None
+        if not (_is_index(start) and _is_index(end) and isinstance(entry.dtype, str)
+                and all(_is_index(dim) for dim in entry.shape)):  # fmt: skip
+            raise HeaderError(
+                f"{path.name}: header entry {name!r}: dtype must be a string, shape and data_offsets non-negative "
+                f"integers (dtype {entry.dtype!r:.40}, shape {info['shape']!r:.60}, data_offsets {info['data_offsets']!r:.60})"
+            )
         if not 0 <= start <= end <= data_size:
             raise HeaderError(
                 f"{path.name}: tensor {name!r} ends at byte {end} of {data_size} data bytes: the file is truncated"
@@ -66,10 +78,12 @@ def read_checkpoint(directory: Path) -> list[StoredEntry]:
     if index_path.exists():
         try:
             weight_map: dict[str, str] = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
             raise HeaderError(f"{INDEX_FILE}: no readable weight_map ({error})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) and f for f in weight_map.values()):
+            raise HeaderError(f"{INDEX_FILE}: weight_map must map each tensor name to a shard file name")
         files = sorted(set(weight_map.values()))
-        missing = [name for name in files if not (directory / name).exists()]
+        missing = [name for name in files if "\0" in name or not (directory / name).is_file()]
         if missing:
             raise HeaderError(f"{INDEX_FILE} names shards that are not in {directory}: {', '.join(missing)}")
     else:
@@ -77,7 +91,12 @@ def read_checkpoint(directory: Path) -> list[StoredEntry]:
         files = sorted(path.name for path in directory.glob("*.safetensors"))
         if not files:
             raise HeaderError(f"no *.safetensors files in {directory}")
-    entries = [entry for name in files for entry in read_header(directory / name)]
+    try:
+        entries = [entry for name in files for entry in read_header(directory / name)]
+    except (OSError, ValueError) as error:
+        if isinstance(error, HeaderError):
+            raise
+        raise HeaderError(f"cannot read the weight files of {directory}: {error}") from None
     seen: dict[str, str] = {}
     for entry in entries:
         if entry.name in seen:

@@ -84,12 +84,35 @@ def _int8_stored(out: int, in_: int) -> list[StoredTensor]:
     return [StoredTensor("weight", (out, in_), ("I8",)), StoredTensor("weight_scale", (out,), ("BF16", "F32", "F16"))]
 
 
+def _names(qc: dict[str, Any], key: str) -> list[str]:
+    """An exclusion list of a quantization_config, checked: names, globs or `re:` regexes."""
+    names = qc.get(key) or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise UnsupportedQuantization(f"quantization_config.{key}: a list of module names is expected, not {names!r:.80}")
+    for name in names:
+        if name.startswith("re:"):
+            try:
+                re.compile(name[3:])
+            except re.error as error:
+                raise UnsupportedQuantization(f"quantization_config.{key}: {name!r} is not a valid regex ({error})") from None
+    return names
+
+
+def _mapping(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UnsupportedQuantization(f"{where}.{key}: a mapping is expected, not {type(value).__name__}")
+    return value
+
+
 QUARK_MXFP4 = Scheme(
     name="quark-mxfp4",
     precision="MXFP4",
     group_size=MXFP4_GROUP,
     stored=lambda out, in_: _mxfp4_stored(out, in_, "weight"),
-    exclusions=lambda qc: qc.get("exclude") or [],
+    exclusions=lambda qc: _names(qc, "exclude"),
     matches=_quark_match,
 )
 QUARK_INT8 = Scheme(
@@ -97,7 +120,7 @@ QUARK_INT8 = Scheme(
     precision="INT8",
     group_size=1,
     stored=_int8_stored,
-    exclusions=lambda qc: qc.get("exclude") or [],
+    exclusions=lambda qc: _names(qc, "exclude"),
     matches=_quark_match,
 )
 MODELOPT_NVFP4 = Scheme(
@@ -105,7 +128,7 @@ MODELOPT_NVFP4 = Scheme(
     precision="NVFP4",
     group_size=NVFP4_GROUP,
     stored=_nvfp4_stored,
-    exclusions=lambda qc: qc.get("exclude_modules") or qc.get("ignore") or [],
+    exclusions=lambda qc: _names(qc, "exclude_modules") or _names(qc, "ignore"),
     matches=_modelopt_match,
 )
 CT_MXFP4 = Scheme(
@@ -113,7 +136,7 @@ CT_MXFP4 = Scheme(
     precision="MXFP4",
     group_size=MXFP4_GROUP,
     stored=lambda out, in_: _mxfp4_stored(out, in_, "weight_packed"),
-    exclusions=lambda qc: qc.get("ignore") or [],
+    exclusions=lambda qc: _names(qc, "ignore"),
     matches=_exact_or_regex,
 )
 SCHEMES = (QUARK_MXFP4, QUARK_INT8, MODELOPT_NVFP4, CT_MXFP4)
@@ -124,7 +147,8 @@ class UnsupportedQuantization(ValueError):
 
 
 def _quark_scheme(qc: dict[str, Any]) -> Scheme:
-    weight = (qc.get("global_quant_config") or {}).get("weight") or {}
+    weight = _mapping(_mapping(qc, "global_quant_config", "quantization_config"), "weight",
+                      "quantization_config.global_quant_config")
     dtype = weight.get("dtype")
     if dtype == "fp4" and weight.get("group_size") == MXFP4_GROUP and weight.get("scale_format") == "e8m0":
         return QUARK_MXFP4
@@ -137,7 +161,8 @@ def _quark_scheme(qc: dict[str, Any]) -> Scheme:
 
 
 def _ct_scheme(qc: dict[str, Any]) -> Scheme:
-    formats = {qc.get("format")} | {group.get("format") for group in (qc.get("config_groups") or {}).values()}
+    groups = _mapping(qc, "config_groups", "quantization_config")
+    formats = [qc.get("format"), *(_mapping(groups, name, "quantization_config.config_groups").get("format") for name in groups)]
     if "mxfp4-pack-quantized" in formats:
         return CT_MXFP4
     raise UnsupportedQuantization(
@@ -169,23 +194,32 @@ def detect_scheme(
 ) -> tuple[Scheme | None, dict[str, Any]]:
     """The scheme of a checkpoint and the dict its exclusions are read from; (None, {}) for BF16."""
     block = config.get("quantization_config")
+    if block is not None and not isinstance(block, dict):
+        raise UnsupportedQuantization(f"quantization_config: a mapping is expected, not {type(block).__name__}")
     if block is None and hf_quant_config is not None:
         block = {"quant_method": "modelopt"}
     if block is None:
         return None, {}
     method = block.get("quant_method")
     if method == "quark":
-        return _quark_scheme(block), block
-    if method == "compressed-tensors":
-        return _ct_scheme(block), block
-    if method == "modelopt":
+        scheme, section = _quark_scheme(block), block
+    elif method == "compressed-tensors":
+        scheme, section = _ct_scheme(block), block
+    elif method == "modelopt":
         section = modelopt_section(config, hf_quant_config)
         if section is None:
             raise UnsupportedQuantization(
                 "quantization_config says quant_method 'modelopt' but names no quant_algo and there is no "
                 "hf_quant_config.json beside config.json: copy hf_quant_config.json from the original export"
             )
-        return _modelopt_scheme(section), section
+        if not isinstance(section, dict):
+            raise UnsupportedQuantization(f"hf_quant_config.json: quantization: a mapping is expected, not {type(section).__name__}")
+        scheme = _modelopt_scheme(section)
+    else:
+        scheme = None
+    if scheme is not None:
+        scheme.exclusions(section)  # checked here, so the layout never meets a malformed list
+        return scheme, section
     raise UnsupportedQuantization(
         f"quantization_config.quant_method: {method!r} is not supported "
         "(supported: 'quark', 'modelopt', 'compressed-tensors', or no quantization_config for BF16)"
