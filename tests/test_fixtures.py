@@ -83,7 +83,7 @@ def test_ensure_fixture_regenerates_on_a_stale_stamp(tmp_path: Path) -> None:
 def test_ensure_fixture_leaves_nothing_behind_when_writing_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def crash(outdir: Path, config: dict, seed: int, device: str) -> dict:
+    def crash(outdir: Path, config: dict, tensors: dict) -> dict:
         (outdir / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("disk full")
 
@@ -228,5 +228,23 @@ def test_real_shapes_follow_the_published_configs(tmp_path: Path) -> None:
     assert text["rope_parameters"]["mrope_section"] == [11, 11, 10]
     tp4 = model_config("qwen3.5-397b-a17b-tp4")["text_config"]
     assert (tp4["hidden_size"], tp4["num_experts"], tp4["moe_intermediate_size"], tp4["num_hidden_layers"]) == (4096, 512, 256, 60)
-    with pytest.raises(ValueError, match="valid shapes: tiny, qwen3.5-35b-a3b, qwen3.5-397b-a17b-tp4"):
+    with pytest.raises(ValueError, match="valid shapes: tiny, tiny-top10, qwen3.5-35b-a3b, qwen3.5-397b-a17b-tp4"):
         write_fixture(tmp_path / "x", "bf16", shape="qwen3.5-1t")
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_cli_refuses_an_output_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    (tmp_path / "taken").write_text("not a directory")
+    outdir = tmp_path / "taken" if where == "file" else tmp_path / "taken" / "checkpoint"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([str(outdir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'taken'} is a file, not a directory" in err and "Traceback" not in err
+
+
+def test_cli_refuses_absurd_layer_counts_and_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in ((["--layers", "0"], "give 1 to 128 decoder layers"), (["--device", "tpu9"], "is not a torch device")):
+        with pytest.raises(SystemExit):
+            cli_main([str(tmp_path / "c"), *argv])
+        assert message in capsys.readouterr().err

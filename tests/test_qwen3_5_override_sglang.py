@@ -213,3 +213,41 @@ def test_a_shared_tensor_without_a_routed_counterpart_is_refused(cpu_model, fixt
     stray = "model.language_model.layers.0.mlp.shared_expert.gate_proj.weight_scale"
     with pytest.raises(ValueError, match=r"w13_weight_scale.*--disable-shared-experts-fusion"):
         model.load_weights(iter([(stray, torch.ones(64, 4))]))
+
+
+def mtp_moe_standin(text) -> torch.nn.Module:
+    """What `Qwen3_5ForCausalLMMTP.load_weights` loads MoE tensors into, without the kernels a CPU lacks: the
+    MTP layer's MoE block under the name SGLang gives it (`model.layers.0.mlp`), unquantized as SGLang builds
+    the MTP of every format here."""
+    from sglang.srt.models import qwen3_5_mtp
+
+    standin = torch.nn.Module()
+    standin.config = text
+    standin.model = torch.nn.Module()
+    standin.model.layers = torch.nn.ModuleList([torch.nn.Module()])
+    standin.model.layers[0].mlp = qwen2_moe.Qwen2MoeSparseMoeBlock(layer_id=0, config=text, prefix="model.layers.0.mlp")
+    standin.load_weights = lambda weights: qwen3_5_mtp.Qwen3_5ForCausalLMMTP.load_weights(standin, weights)
+    with torch.no_grad():
+        for param in standin.parameters():
+            param.zero_()
+    return standin
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "quark-w8a8-int8"])
+def test_sglangs_mtp_loader_reads_both_expert_layouts_alike(cpu_model, tmp_path: Path, fmt: str) -> None:
+    from sglang_ext.fixtures import write_fixture
+
+    loaded = {}
+    for layout in ("per-expert", "fused"):
+        path = write_fixture(tmp_path / layout, fmt, mtp_fused_experts=layout == "fused")
+        hf_config, _ = sglang_configs(path)
+        standin = mtp_moe_standin(hf_config.text_config)
+        mlp = {n: t for n, t in load_file(str(path / "model.safetensors")).items() if n.startswith("mtp.layers.0.mlp.")}
+        assert ("mtp.layers.0.mlp.experts.gate_up_proj" in mlp) is (layout == "fused")
+        standin.load_weights(iter(mlp.items()))
+        loaded[layout] = dict(standin.named_parameters())
+    experts = loaded["per-expert"]["model.layers.0.mlp.experts.w13_weight"]
+    assert experts.abs().sum(dim=(1, 2)).min() > 0  # every expert filled
+    assert loaded["per-expert"]["model.layers.0.mlp.shared_expert.gate_up_proj.weight"].abs().sum() > 0
+    for name, param in loaded["per-expert"].items():
+        assert torch.equal(param, loaded["fused"][name]), name

@@ -49,7 +49,7 @@ def dequantized_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         return stored
     out: dict[str, torch.Tensor] = {}
     parts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
-    for expected in layout.expected_tensors(config, scheme, quant_config):
+    for expected in layout.expected_tensors(config, scheme, quant_config, mtp_fused_experts=layout.mtp_experts_fused(stored)):
         if expected.precision == scheme.precision:
             parts[expected.module][expected.name.removeprefix(f"{expected.module}.")] = stored[expected.name]
         else:
