@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from launch import hardware, server
-from launch.checkpoint import check_local_checkpoint, resolve_model_path
+from launch.checkpoint import check_local_checkpoint, drafts_with_its_mtp_head, resolve_model_path
 from launch.errors import LaunchError
 from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
 
@@ -75,16 +75,17 @@ def _model_path(loaded: LoadedRecipe, materialize: bool) -> str:
     if model.path:
         return resolve_model_path(model.path, loaded.where("model", "path"))
     try:
-        from sglang_ext.fixtures import ensure_fixture, fixture_dir
+        from sglang_ext.fixtures import Variant, ensure_fixture, fixture_dir
     except ImportError as error:
         raise LaunchError(
             f"recipe {loaded.name} serves a generated tiny checkpoint, which needs {error.name}",
             hint="pip install -e '.[fixtures]'",
         )
+    variant = Variant(model.fixture_shape, model.fixture_mtp_acceptance, model.fixture_mtp_experts == "fused")
     if not materialize:
-        return str(fixture_dir(model.fixture))
-    with err.status(f"writing the tiny {model.fixture} checkpoint"):
-        return str(ensure_fixture(model.fixture))
+        return str(fixture_dir(model.fixture, variant=variant))
+    with err.status(f"writing the {model.fixture_shape} {model.fixture} checkpoint"):
+        return str(ensure_fixture(model.fixture, variant=variant))
 
 
 def _check_sglang(loaded: LoadedRecipe, machine: hardware.Machine) -> None:
@@ -111,7 +112,7 @@ def launch(args: argparse.Namespace) -> int:
     reasons = hardware.misfits(recipe.hardware, machine)
     planning_only = args.dry_run or not machine.gpus
     model_path = _model_path(loaded, materialize=not args.dry_run)
-    if check_local_checkpoint(model_path, recipe.checkpoint_format, loaded.name):
+    if check_local_checkpoint(model_path, recipe.checkpoint_format, loaded.name, drafts_with_its_mtp_head(recipe.server_args)):
         err.print(f"checkpoint: {model_path} matches its config.json ({recipe.checkpoint_format})")
     plan = server.plan(loaded, model_path, args.log_dir)
 

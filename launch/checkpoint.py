@@ -45,9 +45,17 @@ def resolve_model_path(path: str, where: str) -> str:
     )
 
 
-def check_local_checkpoint(path: str, checkpoint_format: str, recipe_name: str) -> bool:
+def drafts_with_its_mtp_head(server_args: dict) -> bool:
+    """Whether these server arguments decode speculatively with the checkpoint's own MTP layer as the draft
+    (NEXTN, or EAGLE without a separate draft model), as SGLang does for Qwen3.5."""
+    algorithm = str(server_args.get("speculative-algorithm") or "").upper()
+    return algorithm == "NEXTN" or (algorithm == "EAGLE" and not server_args.get("speculative-draft-model-path"))
+
+
+def check_local_checkpoint(path: str, checkpoint_format: str, recipe_name: str, needs_mtp: bool = False) -> bool:
     """Raise LaunchError when `path` is a local checkpoint that does not match the recipe; return whether
-    it was checked (False for hub ids, FP8, or without the fixtures extra's torch)."""
+    it was checked (False for hub ids, FP8, or without the fixtures extra's torch). Missing MTP weights
+    matter only when `needs_mtp` (SGLang ignores `mtp.*` unless it drafts with them)."""
     directory = Path(path)
     if not (directory / "config.json").is_file() or checkpoint_format not in SCHEME_OF_FORMAT:
         return False
@@ -57,11 +65,22 @@ def check_local_checkpoint(path: str, checkpoint_format: str, recipe_name: str) 
         return False
     report = check_checkpoint(directory)
     inspect = f"python -m sglang_ext.inspect {directory}"
-    if not report.ok:
-        lines = [f"  {p.tensor or directory}: {p.message}" for p in report.problems[:SHOWN_PROBLEMS]]
-        more = len(report.problems) - SHOWN_PROBLEMS
+    mtp_missing = [p for p in report.problems if p.tensor.startswith("mtp.") and p.message.startswith("missing")]
+    if needs_mtp and (mtp_missing or (report.ok and not report.mtp_experts)):
+        what = f"lacks its MTP weights ({len(mtp_missing)} mtp.* tensors missing, e.g. {mtp_missing[0].tensor})" if mtp_missing \
+            else "has no MTP layer (text_config.mtp_num_hidden_layers is 0)"  # fmt: skip
         raise LaunchError(
-            f"checkpoint {directory} does not match its config.json ({len(report.problems)} problem(s)):\n"
+            f"recipe {recipe_name} decodes speculatively with the checkpoint's own MTP layer as the draft, "
+            f"but {directory} {what}",
+            hint="serve it without speculative decoding (--set speculative-algorithm=null and the other "
+            "speculative-* options), or use a checkpoint that ships mtp.* (the published ones do)",
+        )
+    problems = [p for p in report.problems if p not in mtp_missing]
+    if problems:
+        lines = [f"  {p.tensor or directory}: {p.message}" for p in problems[:SHOWN_PROBLEMS]]
+        more = len(problems) - SHOWN_PROBLEMS
+        raise LaunchError(
+            f"checkpoint {directory} does not match its config.json ({len(problems)} problem(s)):\n"
             + "\n".join(lines)
             + (f"\n  ... and {more} more" if more > 0 else ""),
             hint=f"re-download or re-export the checkpoint; `{inspect}` prints the full report",

@@ -18,10 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from launch.errors import LaunchError
 from launch.sglang_options import OptionTable, ServerArgError, option_table
+from launch.sglang_rules import violations
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = "tiny-bf16"
 
+# The generated checkpoints' shapes (sglang_ext.fixtures.model_config.SHAPES), kept here so that a recipe is
+# checked without torch.
+FixtureShape = Literal["tiny", "tiny-top10", "qwen3.5-35b-a3b", "qwen3.5-397b-a17b-tp4"]
 CheckpointFormat = Literal[
     "bf16", "fp8", "quark-mxfp4-fse", "modelopt-nvfp4", "ct-mxfp4", "quark-w8a8-int8"
 ]
@@ -43,6 +47,11 @@ class ModelSpec(_Strict):
     fixture: CheckpointFormat | None = Field(
         None, description="instead of path: a tiny random checkpoint this repository generates"
     )
+    fixture_shape: FixtureShape = Field("tiny", description="the generated checkpoint's shape (sglang_ext.fixtures)")
+    fixture_mtp_acceptance: float = Field(
+        0.0, ge=0, le=1, description="its MTP head agrees with the greedy main model at this share (0: random head)"
+    )
+    fixture_mtp_experts: Literal["per-expert", "fused"] = "per-expert"
     served_name: str
     revision: str | None = None
 
@@ -50,6 +59,8 @@ class ModelSpec(_Strict):
     def _one_source(self) -> ModelSpec:
         if (self.path is None) == (self.fixture is None):
             raise ValueError("set exactly one of model.path (hub id or directory) and model.fixture")
+        if self.path is not None and self.model_fields_set & {"fixture_shape", "fixture_mtp_acceptance", "fixture_mtp_experts"}:
+            raise ValueError("model.fixture_* describe a generated checkpoint; with model.path they do nothing, remove them")
         return self
 
 
@@ -250,6 +261,13 @@ def check_server_args(recipe: Recipe, path: Path, origin: dict[tuple, Path | str
             file = _where(_owner(origin, ("server_args", err.key), path))
             problems.append(f"{file}: server_args.{err.key}: {err}")
         cli = []
+    refused = violations(recipe.server_args) if not problems else []
+    if refused:
+        raise LaunchError(
+            f"recipe {_where(path)} combines server arguments SGLang {table.version} refuses at start:\n  "
+            + "\n  ".join(refused),
+            hint="change the options named above in the recipe or with --set (launch/sglang_rules.py cites SGLang's checks)",
+        )
     if problems:
         raise LaunchError(
             f"recipe {_where(path)} has server arguments SGLang {table.version} would reject:\n  "

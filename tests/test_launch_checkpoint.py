@@ -1,6 +1,7 @@
 """The launcher checks a local checkpoint against the recipe before it starts SGLang."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,13 @@ from launch.errors import LaunchError
 from tests.conftest import REPO
 
 
+def launch_dry_run_command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "launch", "tiny-bf16", "--dry-run", "--set", f"model.path={path}",
+            "--set", "model.fixture=null"]  # fmt: skip
+
+
 def launch_dry_run(path: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "launch", "tiny-bf16", "--dry-run", "--set", f"model.path={path}",
-               "--set", "model.fixture=null"]  # fmt: skip
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(launch_dry_run_command(path), cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_a_matching_checkpoint_is_reported_and_served(fixtures_root: Path) -> None:
@@ -71,3 +75,26 @@ def test_hub_ids_and_fp8_are_not_checked(fixtures_root: Path) -> None:
     assert check_local_checkpoint("amd/Qwen3.5-397B-A17B-MoE-MXFP4", "quark-mxfp4-fse", "x") is False
     assert check_local_checkpoint(str(fixtures_root / "bf16"), "fp8", "x") is False
     assert check_local_checkpoint(str(fixtures_root / "bf16"), "bf16", "x") is True
+
+
+NEXTN = ("--set", "speculative-algorithm=NEXTN", "--set", "speculative-num-steps=3", "--set", "speculative-eagle-topk=1",
+         "--set", "speculative-num-draft-tokens=4")  # fmt: skip
+
+
+def _without_mtp_weights(source: Path, target: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    tensors = load_file(str(target / "model.safetensors"))
+    save_file({n: t for n, t in tensors.items() if not n.startswith("mtp.")}, str(target / "model.safetensors"))
+    return target
+
+
+def test_a_checkpoint_without_mtp_weights_serves_plain_but_not_with_nextn(fixtures_root: Path, tmp_path: Path) -> None:
+    stripped = _without_mtp_weights(fixtures_root / "bf16", tmp_path / "no-mtp")
+    assert launch_dry_run(stripped).returncode == 0
+    done = subprocess.run([*launch_dry_run_command(stripped), *NEXTN], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())
+    assert "decodes speculatively with the checkpoint's own MTP layer as the draft" in message
+    assert "lacks its MTP weights" in message and "e.g. mtp.fc.weight" in message

@@ -163,3 +163,35 @@ def test_readme_lists_every_recipe():
     for name in all_recipe_names():
         family = name.rsplit("-", 1)[0]
         assert f"`{name}`" in readme or f"`{family}-{{" in readme or f"`{name.split('-')[0]}-{{" in readme, name
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["mamba-radix-cache-strategy=no_buffer", "page-size=64", "disable-overlap-schedule=true"],
+         "takes page-size 1 only, not 64"),
+        (["mamba-radix-cache-strategy=no_buffer"], "no_buffer needs disable-overlap-schedule: true"),
+        (["mamba-radix-cache-strategy=extra_buffer", "mamba-track-interval=4"],
+         "mamba-track-interval 4 is below speculative-num-draft-tokens 6"),
+        (["page-size=48"], "mamba-track-interval 256 must be a multiple of page-size 48"),
+    ],
+)
+def test_option_combinations_sglang_refuses_at_start_are_refused_first(recipes_dir: Path, sets: list[str], message: str):
+    # card 001's recipe: NEXTN 5/1/6, extra_buffer, page size 64
+    error = _error("qwen3.5-397b-nvfp4-rtxpro6000-mtp", recipes_dir, sets)
+    assert "combines server arguments SGLang 0.5.17 refuses at start" in error and message in error
+
+
+def test_fixture_shapes_a_recipe_may_name_are_the_generators():
+    import typing
+
+    from launch.recipe import FixtureShape
+    from sglang_ext.fixtures.model_config import SHAPES
+
+    assert set(typing.get_args(FixtureShape)) == set(SHAPES)
+
+
+def test_fixture_variants_are_for_generated_checkpoints_only(recipes_dir: Path):
+    error = _error("qwen3.6-35b-int8-h100", recipes_dir, ["model.fixture_mtp_acceptance=0.8"])
+    assert "model.fixture_* describe a generated checkpoint" in error
+    assert "Input should be less than or equal to 1" in _error("tiny-bf16", recipes_dir, ["model.fixture_mtp_acceptance=1.5"])
