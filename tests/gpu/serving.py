@@ -1,0 +1,68 @@
+"""One SGLang server started by this repository's launcher (`python -m launch RECIPE --set ...`) for a GPU
+script: wait until it is ready, post to it, stop it and everything it spawned."""
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    base_url: str
+    ready_s: float
+    log_dir: Path
+
+    def post(self, path: str, body: dict, timeout: float = 600) -> object:
+        request = urllib.request.Request(f"{self.base_url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def log_text(self) -> str:
+        logs = sorted(self.log_dir.glob("*/server.log"))
+        return logs[-1].read_text(errors="replace") if logs else ""
+
+
+class ServerDidNotStart(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(recipe: str, sets: list[str], log_dir: Path, timeout_s: int = 600) -> Iterator[Server]:
+    """The launcher serving `recipe` with `--set` items `sets` on a free port; stopped (SIGTERM to the
+    launcher, which stops its process group) on exit. ServerDidNotStart carries the launcher's last lines."""
+    port = free_port()
+    command = [sys.executable, "-m", "launch", recipe, "--log-dir", str(log_dir), "--timeout", str(timeout_s),
+               *[arg for item in (f"port={port}", *sets) for arg in ("--set", item)]]  # fmt: skip
+    started = time.monotonic()
+    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in launcher.stdout:
+            lines.append(line)
+            if "ready" in line and "at http://" in line:
+                break
+        if launcher.poll() is not None:
+            raise ServerDidNotStart(" | ".join(line.strip() for line in lines[-12:]))
+        yield Server(f"http://127.0.0.1:{port}", time.monotonic() - started, log_dir)
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            launcher.wait(90)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
