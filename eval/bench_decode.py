@@ -174,13 +174,14 @@ def vocab_size(shape: str) -> int:
     return max(SHAPES[shape].vocab_size or 0, padded_vocab_size(at_least=ONE_BATCH_PROMPT_IDS))
 
 
-def ensure_checkpoint(out: Path, shape: str, layers: int, fmt: str) -> Path:
-    """The real-shaped random checkpoint of `fmt` under OUT/checkpoints, written on the GPU unless a complete
-    one is there."""
-    checkpoint = out / "checkpoints" / f"{shape}-{layers}L-{fmt}"
+def ensure_checkpoint(out: Path, shape: str, layers: int, fmt: str, mtp_acceptance: float = 0.0) -> Path:
+    """The real-shaped random checkpoint of `fmt` under OUT/checkpoints (with a predictable MTP head at
+    `mtp_acceptance`), written on the GPU unless a complete one is there."""
+    checkpoint = out / "checkpoints" / f"{shape}-{layers}L-{fmt}{f'-mtp{mtp_acceptance:g}' if mtp_acceptance else ''}"
     if not (checkpoint / STAMP_FILE).exists():  # written last: a run cut off mid-write starts over
         started = time.perf_counter()
-        write_fixture(checkpoint, fmt, shape=shape, num_layers=layers, vocab_size=vocab_size(shape), device="cuda")
+        write_fixture(checkpoint, fmt, shape=shape, num_layers=layers, vocab_size=vocab_size(shape), device="cuda",
+                      mtp_acceptance=mtp_acceptance)  # fmt: skip
         print(f"{fmt}: wrote {checkpoint.name} in {time.perf_counter() - started:.0f} s", flush=True)
     return checkpoint
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file  # noqa: E402
 from sglang.srt.configs.load_config import LoadConfig  # noqa: E402
 from sglang.srt.configs.model_config import ModelConfig  # noqa: E402
 from sglang.srt.model_loader.weight_utils import get_quant_config  # noqa: E402
-from sglang.srt.models import qwen2_moe, qwen3_5  # noqa: E402
+from sglang.srt.models import qwen2_moe, qwen3_5, qwen3_5_mtp  # noqa: E402
 from sglang.srt.models.registry import import_model_classes  # noqa: E402
 from sglang.srt.runtime_context import get_context, get_exec  # noqa: E402
 
@@ -69,9 +69,9 @@ def test_entry_class_replaces_the_stock_moe_model_only() -> None:
     ours = classes["Qwen3_5MoeForConditionalGeneration"]
     assert ours is override.Qwen3_5MoeForConditionalGeneration
     assert issubclass(ours, qwen3_5.Qwen3_5MoeForConditionalGeneration)
-    # SGLang serves NEXTN for this architecture with Qwen3_5ForCausalLMMTP (configs/model_config.py), which
-    # keeps its shared expert separate and stays stock.
-    assert "Qwen3_5ForCausalLMMTP" not in classes
+    # SGLang serves NEXTN for this architecture with Qwen3_5ForCausalLMMTP (configs/model_config.py); its
+    # override changes only which quantization config it is built with.
+    assert issubclass(classes["Qwen3_5ForCausalLMMTP"], qwen3_5_mtp.Qwen3_5ForCausalLMMTP)
 
 
 @pytest.mark.parametrize(
@@ -251,3 +251,13 @@ def test_sglangs_mtp_loader_reads_both_expert_layouts_alike(cpu_model, tmp_path:
     assert loaded["per-expert"]["model.layers.0.mlp.shared_expert.gate_up_proj.weight"].abs().sum() > 0
     for name, param in loaded["per-expert"].items():
         assert torch.equal(param, loaded["fused"][name]), name
+
+
+@pytest.mark.parametrize("fmt, unquantized", [("ct-mxfp4", True), ("bf16", False), ("modelopt-nvfp4", False),
+                                              ("quark-w8a8-int8", False)])  # fmt: skip
+def test_a_compressed_tensors_mtp_head_listed_as_ignored_is_built_unquantized(fixtures_root: Path, fmt: str, unquantized: bool) -> None:
+    from sglang_ext.models import qwen3_5_mtp as mtp_override
+
+    _, quant_config = sglang_configs(fixtures_root / fmt)
+    # ModelOpt and Quark are SGLang's own cases (qwen3_5_mtp.py:63-82); BF16 has no config
+    assert mtp_override.ships_unquantized_mtp(quant_config) is unquantized

@@ -16,4 +16,4 @@ use_tuned_moe_configs()
 
 # SGLang imports this package strictly but its modules leniently (registry.py: an import error there only
 # logs a warning and the stock class serves); importing the overrides here makes a broken one stop the start.
-from sglang_ext.models import qwen3_5  # noqa: E402,F401
+from sglang_ext.models import qwen3_5, qwen3_5_mtp  # noqa: E402,F401

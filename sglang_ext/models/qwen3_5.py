@@ -8,9 +8,9 @@ may be fused (`sglang_ext.shared_expert_fusion`, on top of SGLang's `can_fuse_sh
 it into slot E wherever the layers fused. The block then appends slot E to every token's top-k with
 weight sigmoid(shared_expert_gate(x)) (`Qwen2MoeSparseMoeBlock._append_shared_to_topk_output`).
 
-The MTP draft (`Qwen3_5ForCausalLMMTP`, which SGLang picks for NEXTN from this architecture) is left
-stock: it builds its own layers, outside this class, so it keeps its shared expert separate, which its
-own loader expects.
+The MTP draft (`Qwen3_5ForCausalLMMTP`, which SGLang picks for NEXTN from this architecture) builds its own
+layers, outside this class, so it keeps its shared expert separate, which its own loader expects; its
+override (`qwen3_5_mtp.py`) only decides its quantization.
 """
 
 import logging
