@@ -184,8 +184,22 @@ def running(server: ServerPlan, timeout_s: float) -> Iterator[subprocess.Popen]:
             _wait_healthy(process, server, timeout_s)
             yield process
         finally:
-            stop(process)
+            with _signals_held():
+                stop(process)
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored: a second one (a supervisor's timeout, an impatient user) arriving while the
+    server is being stopped would otherwise cut `stop` short between its SIGTERM and its SIGKILL, and a server
+    slow to shut down would outlive the launcher with its GPU memory."""
+    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
 
 
 def usage_examples(base_url: str, served_name: str) -> str:

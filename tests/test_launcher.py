@@ -187,3 +187,32 @@ def test_a_hub_id_or_an_existing_directory_is_accepted(tmp_path: Path):
         done = run_cli("tiny-bf16", "--dry-run", "--set", "model.fixture=null", "--set", f"model.path={path}")
         assert done.returncode == 0, done.stderr
         assert f"--model-path {path}" in done.stdout
+
+
+def test_a_second_signal_while_stopping_still_kills_a_server_slow_to_exit(tmp_path):
+    port, pidfile = free_port(), tmp_path / "pids"
+    stubborn = (f"import runpy, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                f"sys.argv = ['stub', '{port}', {str(pidfile)!r}]; runpy.run_path({str(REPO / 'tests' / 'health_stub.py')!r})")  # fmt: skip
+    program = f"""
+import sys, time
+from pathlib import Path
+from launch import server
+server.STOP_GRACE_S = 3
+plan = server.ServerPlan([sys.executable, '-c', {stubborn!r}], {{}}, 'http://127.0.0.1:{port}',
+                         Path({str(tmp_path / 'log' / 'server.log')!r}))
+try:
+    with server.running(plan, timeout_s=30):
+        print('ready', flush=True)
+        time.sleep(600)
+except KeyboardInterrupt:
+    print('stopped', flush=True)
+"""
+    launcher = subprocess.Popen([sys.executable, "-c", program], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout.readline().strip() == "ready"
+    grandchild = int(pidfile.read_text())  # ignores SIGTERM too, as a server stuck in its shutdown would
+    launcher.send_signal(signal.SIGTERM)
+    time.sleep(1)  # inside stop(): SIGTERM sent, waiting out the grace period
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.stdout.readline().strip() == "stopped"
+    launcher.wait(timeout=30)
+    assert _wait_dead(grandchild)
