@@ -3,7 +3,8 @@
   python -m launch                      the default recipe (a tiny generated Qwen3.5-MoE, any single GPU)
   python -m launch RECIPE --dry-run     print the exact command and environment, start nothing
   python -m launch RECIPE --set tp-size=2 --set model.path=/models/x
-  python -m launch --list               every recipe, and whether it fits this machine
+  python -m launch RECIPE --stand-in sm90 --dry-run   the recipe as rehearsed on Hopper, substitutions listed
+  python -m launch --list               every recipe, whether it fits this machine, and where it can be rehearsed
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"name in recipes/ or a YAML path (default: {DEFAULT_RECIPE})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field (model.path=...) or SGLang option (tp-size=2); repeatable")
+    p.add_argument("--stand-in", metavar="ARCH",
+                   help="rehearse the recipe on GPU architecture ARCH (e.g. sm90) with the substitutions it lists "
+                        "under stand_ins; everything else stays as the recipe says")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the command and environment; start nothing")
     p.add_argument("--list", action="store_true", help="list all recipes and whether each fits this machine")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for /health (default 1800)")
@@ -46,8 +50,9 @@ def _expected(loaded: LoadedRecipe) -> str:
 
 def list_recipes(machine: hardware.Machine) -> int:
     table = Table(title=f"Recipes — this machine: {machine.summary()}", title_justify="left")
-    for column in ("recipe", "model", "format", "hardware", "expected", "fits here"):
+    for column in ("recipe", "model", "format", "hardware", "expected", "fits here", "stand-ins"):
         table.add_column(column, overflow="fold")
+    here = sorted({gpu.arch for gpu in machine.gpus})
     failures = 0
     for name in recipe_paths():
         try:
@@ -65,9 +70,26 @@ def list_recipes(machine: hardware.Machine) -> int:
         except LaunchError as problem:
             reasons.append(problem.args[0])
         fits = "[green]yes[/]" if not reasons else f"[yellow]no:[/] {'; '.join(reasons)}"
-        table.add_row(name, r.model.path or f"tiny fixture ({r.model.fixture})", r.checkpoint_format, where, _expected(loaded), fits)
+        rehearse = ", ".join(f"[green]{a}[/]" if a in here else a for a in sorted(r.stand_ins) if a not in hw.archs) or "-"
+        table.add_row(name, r.model.path or f"tiny fixture ({r.model.fixture})", r.checkpoint_format, where,
+                      _expected(loaded), fits, rehearse)  # fmt: skip
     out.print(table)
     return 1 if failures else 0
+
+
+def print_substitutions(loaded: LoadedRecipe, arch: str) -> None:
+    if not loaded.substitutions:
+        err.print(f"{loaded.name} runs on {arch} as written: nothing to substitute")
+        return
+    show = lambda value: "[dim](unset)[/]" if value is None else str(value)  # noqa: E731
+    table = Table(title=f"{loaded.name} rehearsed on {arch}: {loaded.recipe.stand_ins[arch].why.strip()}", title_justify="left")
+    for column in ("setting", "card / recipe", f"stand-in ({arch})"):
+        table.add_column(column, overflow="fold")
+    for change in loaded.substitutions:
+        table.add_row(change.key, show(change.card), show(change.stand_in))
+    err.print(table)
+    err.print("everything else (parallelism, KV cache dtype, page size, cache strategy, chunked prefill, speculative "
+              "decoding, parsers) as the recipe says")  # fmt: skip
 
 
 def _model_path(loaded: LoadedRecipe, materialize: bool) -> str:
@@ -107,8 +129,10 @@ def launch(args: argparse.Namespace) -> int:
     machine = hardware.detect()
     if args.list:
         return list_recipes(machine)
-    loaded = load_recipe(args.recipe, args.overrides)
+    loaded = load_recipe(args.recipe, args.overrides, stand_in=args.stand_in)
     recipe = loaded.recipe
+    if args.stand_in:
+        print_substitutions(loaded, args.stand_in)
     reasons = hardware.misfits(recipe.hardware, machine)
     planning_only = args.dry_run or not machine.gpus
     model_path = _model_path(loaded, materialize=not args.dry_run)

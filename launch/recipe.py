@@ -3,12 +3,16 @@
 Every tool in this repository (launcher, evals, tests) reads recipes through `load_recipe`, which
 - reads YAML and follows `extends:` (a base file, relative to the recipe; a child's mapping is merged into
   the base's key by key, and a child's `null` deletes the inherited key, e.g. to drop a server flag),
+- applies `--stand-in ARCH`: the recipe's `stand_ins.ARCH` merged in (its `null` removes an option or
+  variable), the hardware set to that architecture, and every change listed (`Substitution`),
 - rejects unknown keys and wrong types, naming the file that supplied the offending key,
 - checks every `server_args` key against the pinned SGLang version's own option table.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +102,17 @@ class EvalSettings(_Strict):
     think: bool = False
 
 
+class StandIn(_Strict):
+    """What must change to rehearse a recipe on a GPU architecture it was not written for; everything else
+    (parallelism, KV dtype, page size, cache strategy, chunked prefill, speculative decoding, parsers) stays.
+    `null` removes a recipe's option or variable."""
+
+    why: str = Field(description="what the recipe's hardware has that this architecture lacks, for people")
+    server_args: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str | None] = Field(default_factory=dict)
+    min_memory_gib: float | None = Field(None, ge=0, description="per GPU on the stand-in hardware")
+
+
 class Recipe(_Strict):
     title: str
     model: ModelSpec
@@ -108,6 +123,9 @@ class Recipe(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     expected: list[ExpectedResult] = Field(default_factory=list)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    stand_ins: dict[str, StandIn] = Field(
+        default_factory=dict, description="GPU architecture (sm90, gfx942, ...) -> how to rehearse the recipe there"
+    )
     notes: str = ""
 
     @property
@@ -127,6 +145,7 @@ class LoadedRecipe:
     server_cli: list[str]
     options: OptionTable
     origin: dict[tuple, Path | str] = field(default_factory=dict)  # key path -> the file or --set that set it
+    substitutions: list[Substitution] = field(default_factory=list)  # what --stand-in changed
 
     def where(self, *key: str) -> str:
         """The recipe file, or `--set ...`, that supplied the field at `key` (for error messages)."""
@@ -178,7 +197,9 @@ def _merge(base: dict, child: dict, origin: dict, child_file: Path, prefix: tupl
     merged = dict(base)
     for key, value in child.items():
         path = (*prefix, key)
-        if value is None:
+        if value is None and path[0] == "stand_ins":
+            merged[key] = None  # a stand-in's null removes the option from the recipe it rehearses, so it stays
+        elif value is None:
             merged.pop(key, None)
         elif isinstance(value, dict):
             inherited = merged.get(key)
@@ -277,14 +298,69 @@ def check_server_args(recipe: Recipe, path: Path, origin: dict[tuple, Path | str
     return cli, table
 
 
-def load_recipe(name_or_path: str, overrides: list[str] = (), directory: Path = RECIPES_DIR) -> LoadedRecipe:
-    """Read, merge, override (`--set KEY=VALUE`), and validate a recipe; LaunchError on any problem."""
+ARCH = re.compile(r"^(sm\d{2,3}|gfx[0-9a-f]{3,4})$")
+
+
+@dataclass(frozen=True)
+class Substitution:
+    key: str  # server_args.<option>, env.<VAR> or hardware.<field>
+    card: Any  # the recipe's value (None: not set)
+    stand_in: Any  # the stand-in's (None: removed)
+
+
+def stand_in_layer(data: dict[str, Any], arch: str, path: Path) -> tuple[dict[str, Any], list[Substitution]]:
+    """The recipe mapping `data` as rehearsed on `arch` (its `stand_ins` entry merged in, hardware set to that
+    architecture), and each value that changed. LaunchError for an unknown or unlisted architecture."""
+    if not ARCH.match(arch):
+        raise LaunchError(f"--stand-in {arch}: not a GPU architecture name", hint="e.g. --stand-in sm90 (H100/H200) or gfx942 (MI300X)")
+    hardware = data.get("hardware") if isinstance(data.get("hardware"), dict) else {}
+    stand_ins = data.get("stand_ins") if isinstance(data.get("stand_ins"), dict) else {}
+    if arch in (hardware.get("archs") or []):
+        return data, []
+    entry = stand_ins.get(arch)
+    if not isinstance(entry, dict):
+        listed = ", ".join(sorted(stand_ins)) or "none"
+        raise LaunchError(
+            f"{_where(path)}: stand_ins: no stand-in for {arch} (the recipe runs on {', '.join(hardware.get('archs') or ['?'])}; "
+            f"stand-ins: {listed})",
+            hint=f"rehearse on an architecture it lists, or add stand_ins.{arch} to the recipe (docs/recipes.md)",
+        )
+    merged, changes = copy.deepcopy(data), []
+    for section in ("server_args", "env"):
+        target = merged.setdefault(section, {})
+        for key, value in (entry.get(section) or {}).items():
+            if target.get(key) != value:
+                changes.append(Substitution(f"{section}.{key}", target.get(key), value))
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+    vendor = "nvidia" if arch.startswith("sm") else "amd"
+    new_hardware = {**hardware, "vendor": vendor, "archs": [arch], "gpu_names": []}
+    if entry.get("min_memory_gib") is not None:
+        new_hardware["min_memory_gib"] = entry["min_memory_gib"]
+    changes += [Substitution(f"hardware.{k}", hardware.get(k), v) for k, v in new_hardware.items()
+                if k != "gpu_names" and hardware.get(k) != v]  # fmt: skip
+    merged["hardware"] = new_hardware
+    return merged, changes
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = (), directory: Path = RECIPES_DIR,
+                stand_in: str | None = None) -> LoadedRecipe:  # fmt: skip
+    """Read, merge, rehearse on another architecture (`--stand-in ARCH`), override (`--set KEY=VALUE`), and
+    validate a recipe; LaunchError on any problem."""
     from launch.overrides import apply_overrides
 
     path = resolve(name_or_path, directory)
     origin: dict[tuple, Path | str] = {}
     data = read_layers(path, origin)
+    substitutions: list[Substitution] = []
+    if stand_in is not None:
+        data, substitutions = stand_in_layer(data, stand_in, path)
+        for change in substitutions:
+            origin[tuple(change.key.split(".", 1))] = f"{_where(path)} stand_ins.{stand_in}"
     data = apply_overrides(data, overrides, origin)
     recipe = validate(data, path, origin)
     cli, table = check_server_args(recipe, path, origin)
-    return LoadedRecipe(name=path.stem, path=path, recipe=recipe, server_cli=cli, options=table, origin=origin)
+    return LoadedRecipe(name=path.stem, path=path, recipe=recipe, server_cli=cli, options=table, origin=origin,
+                        substitutions=substitutions)  # fmt: skip

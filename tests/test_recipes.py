@@ -195,3 +195,58 @@ def test_fixture_variants_are_for_generated_checkpoints_only(recipes_dir: Path):
     error = _error("qwen3.6-35b-int8-h100", recipes_dir, ["model.fixture_mtp_acceptance=0.8"])
     assert "model.fixture_* describe a generated checkpoint" in error
     assert "Input should be less than or equal to 1" in _error("tiny-bf16", recipes_dir, ["model.fixture_mtp_acceptance=1.5"])
+
+
+SEED_RECIPES = ("qwen3.5-397b-mxfp4-fse-mi355x", "qwen3.5-397b-nvfp4-rtxpro6000-mtp", "qwen3.5-35b-mxfp4-mi355x",
+                "qwen3.6-35b-int8-mi355x")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SEED_RECIPES)
+def test_each_seed_recipe_has_a_hopper_stand_in_sglang_accepts(name):
+    card = load_recipe(name)
+    rehearsal = load_recipe(name, stand_in="sm90")
+    assert rehearsal.substitutions and rehearsal.recipe.hardware.archs == ["sm90"]
+    assert rehearsal.recipe.hardware.vendor == "nvidia"
+    assert "SGLANG_USE_AITER" not in rehearsal.recipe.env and rehearsal.recipe.server_args.get("attention-backend") != "aiter"
+    changed = {c.key.removeprefix("server_args.") for c in rehearsal.substitutions if c.key.startswith("server_args.")}
+    kept = {k: v for k, v in card.recipe.server_args.items() if k not in changed}
+    assert kept and all(rehearsal.recipe.server_args[k] == v for k, v in kept.items())  # tp, ep, kv dtype, spec, ...
+    assert rehearsal.recipe.hardware.gpu_count == card.recipe.hardware.gpu_count
+    parse_with_sglang(["--model-path", "m", *rehearsal.server_cli])
+
+
+def test_the_nvfp4_stand_in_keeps_every_card_flag_but_the_fp4_kernels():
+    rehearsal = load_recipe("qwen3.5-397b-nvfp4-rtxpro6000-mtp", stand_in="sm90")
+    assert {c.key: (c.card, c.stand_in) for c in rehearsal.substitutions if c.key.startswith("server_args.")} == {
+        "server_args.moe-runner-backend": ("flashinfer_cutlass", "marlin"),
+        "server_args.fp4-gemm-backend": ("flashinfer_cudnn", "marlin"),
+        "server_args.mm-attention-backend": (None, "triton_attn"),
+    }
+    args = rehearsal.recipe.server_args
+    assert (args["tp-size"], args["ep-size"], args["kv-cache-dtype"], args["page-size"]) == (4, 4, "fp8_e4m3", 64)
+    assert (args["speculative-algorithm"], args["speculative-num-steps"], args["mamba-radix-cache-strategy"]) == ("NEXTN", 5, "extra_buffer")
+
+
+def test_a_set_overrides_the_stand_in_and_native_architectures_change_nothing():
+    assert load_recipe("qwen3.5-397b-mxfp4-fse-mi355x", ["attention-backend=flashinfer"], stand_in="sm90").recipe.server_args[
+        "attention-backend"] == "flashinfer"  # fmt: skip
+    native = load_recipe("qwen3.6-35b-int8-h100", stand_in="sm90")
+    assert native.substitutions == [] and native.server_cli == load_recipe("qwen3.6-35b-int8-h100").server_cli
+
+
+@pytest.mark.parametrize(("arch", "message"), [("sm100", "no stand-in for sm100"), ("hopper", "not a GPU architecture name")])
+def test_an_unknown_or_unlisted_architecture_is_refused(arch: str, message: str):
+    with pytest.raises(LaunchError, match=message):
+        load_recipe("qwen3.5-397b-mxfp4-fse-mi355x", stand_in=arch)
+
+
+def test_the_cli_prints_each_substitution_beside_the_card_value():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "launch", "qwen3.5-397b-nvfp4-rtxpro6000-mtp", "--stand-in", "sm90", "--dry-run"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stderr.splitlines() if "moe-runner-backend" in line)
+    assert "flashinfer_cutlass" in row and "marlin" in row
+    assert "--moe-runner-backend marlin" in done.stdout and "--speculative-algorithm NEXTN" in done.stdout
