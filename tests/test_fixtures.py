@@ -248,3 +248,15 @@ def test_cli_refuses_absurd_layer_counts_and_devices(tmp_path: Path, capsys: pyt
         with pytest.raises(SystemExit):
             cli_main([str(tmp_path / "c"), *argv])
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_397b_routed_tiny_shape_is_a_valid_checkpoint_in_every_format(tmp_path: Path, fmt: str) -> None:
+    from sglang_ext.formats.check import check_checkpoint
+
+    checkpoint = write_fixture(tmp_path / fmt, fmt, shape="tiny-top10")
+    text = read_json(checkpoint / "config.json")["text_config"]
+    assert (text["num_experts"], text["num_experts_per_tok"]) == (32, 10)
+    assert text["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]  # the 397B's 3:1
+    report = check_checkpoint(checkpoint)
+    assert report.ok, report.problems[:3]

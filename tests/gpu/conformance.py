@@ -9,7 +9,7 @@ logprob error over all prompt and generated positions, and teacher-forced greedy
 reference's argmax after SGLang's own prefix, so one near-tie does not cascade). FSE-on and FSE-off runs
 of one checkpoint are also compared with each other.
 
-    python -m tests.gpu.conformance [--cases bf16,int8,...] [--out DIR]
+    python -m tests.gpu.conformance [--cases bf16,int8,...] [--shape tiny-top10] [--tp 2] [--ep 2] [--out DIR]
     python -m tests.gpu.conformance --merge A/conformance.json B/conformance.json
 
 prints one table and writes conformance.json; tests/gpu/test_conformance.py runs it with thresholds.
@@ -130,11 +130,11 @@ def prompt_ids(tokenizer_dir: Path) -> list[list[int]]:
 _STARTING = threading.Lock()
 
 
-def _serve_and_query(case: Case, prompts: list[list[int]], log_dir: Path, mem_fraction: float) -> Result:
+def _serve_and_query(case: Case, prompts: list[list[int]], log_dir: Path, mem_fraction: float, layout: tuple[str, ...] = ()) -> Result:
     result = Result(case.label, case.recipe, case.fse)
     log_dir = log_dir / case.label.replace(" ", "-")
     port = _free_port()
-    sets = [f"port={port}", f"mem-fraction-static={mem_fraction}", "cuda-graph-backend-decode=disabled", *case.sets]
+    sets = [f"port={port}", f"mem-fraction-static={mem_fraction}", "cuda-graph-backend-decode=disabled", *layout, *case.sets]
     command = [sys.executable, "-m", "launch", case.recipe, "--log-dir", str(log_dir), "--timeout", "500",
                *[arg for item in sets for arg in ("--set", item)]]  # fmt: skip
     lines: list[str] = []
@@ -230,21 +230,28 @@ def compare_fse(on: Result, off: Result, prompt_lengths: list[int]) -> dict:
             "max_abs_prompt_logprob_diff": max(prompt_diffs), "mean_abs_prompt_logprob_diff": sum(prompt_diffs) / len(prompt_diffs)}  # fmt: skip
 
 
-def run(cases: tuple[Case, ...], out: Path, parallel: int = 8) -> tuple[list[Result], list[dict]]:
+def layout_sets(shape: str, tp: int, ep: int) -> tuple[str, ...]:
+    """The --set items that serve every case as `shape` (a fixture shape: tiny-top10 routes as the 397B does)
+    at tensor and expert parallelism `tp` and `ep`."""
+    return (f"model.fixture_shape={shape}", f"tp-size={tp}", *((f"ep-size={ep}",) if ep > 1 else ()))
+
+
+def run(cases: tuple[Case, ...], out: Path, parallel: int = 8, shape: str = "tiny", tp: int = 1, ep: int = 1) -> tuple[list[Result], list[dict]]:
     import torch
 
-    from sglang_ext.fixtures import ensure_fixture
+    from sglang_ext.fixtures import Variant, ensure_fixture
     from sglang_ext.formats.dequantize import write_dequantized
     from sglang_ext.formats.reference import reference_model
     from launch.recipe import load_recipe
 
     out.mkdir(parents=True, exist_ok=True)
     formats = {case.recipe: load_recipe(case.recipe).recipe.model.fixture for case in cases}
-    checkpoints = {recipe: ensure_fixture(fmt) for recipe, fmt in formats.items()}  # before servers race for it
+    checkpoints = {recipe: ensure_fixture(fmt, variant=Variant(shape)) for recipe, fmt in formats.items()}  # before servers race for it
     prompts = prompt_ids(checkpoints[cases[0].recipe])
     mem_fraction = 0.1  # of the memory still free when each server starts
+    layout = layout_sets(shape, tp, ep)
     with ThreadPoolExecutor(parallel) as pool:
-        results = list(pool.map(lambda case: _serve_and_query(case, prompts, out / "servers", mem_fraction), cases))
+        results = list(pool.map(lambda case: _serve_and_query(case, prompts, out / "servers", mem_fraction, layout), cases))
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for recipe, checkpoint in checkpoints.items():
@@ -337,6 +344,10 @@ def main() -> int:
     parser.add_argument("--cases", help="comma-separated case labels (default: all)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "conformance")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="print one table from these runs' conformance.json")
+    parser.add_argument("--shape", default="tiny", choices=("tiny", "tiny-top10"),
+                        help="tiny-top10: the tiny model routed as Qwen3.5-397B-A17B (top-10 of 32 experts)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor parallelism of every server")
+    parser.add_argument("--ep", type=int, default=1, help="expert parallelism of every server")
     args = parser.parse_args()
     if args.merge:
         try:
@@ -347,7 +358,7 @@ def main() -> int:
         wanted = set(args.cases.split(",")) if args.cases else {c.label for c in CASES}
         if unknown := wanted - {c.label for c in CASES}:
             parser.error(f"--cases: no case {', '.join(sorted(unknown))}; the cases: {', '.join(c.label for c in CASES)}")
-        results, pairs = run(tuple(c for c in CASES if c.label in wanted), args.out)
+        results, pairs = run(tuple(c for c in CASES if c.label in wanted), args.out, shape=args.shape, tp=args.tp, ep=args.ep)
     print_table(results, pairs)
     missed = failures(results, pairs)
     print("\n".join(f"FAIL {why}" for why in missed) or f"PASS: {len(results)} cases, {len(pairs)} FSE pairs")
