@@ -40,7 +40,7 @@ def stream_reply(client: Any, model: str, messages: list[dict[str, str]], think:
 
 def main(args: argparse.Namespace, target: Target) -> int:
     model = target.model
-    client = openai.OpenAI(base_url=f"{target.base_url}/v1", api_key="EMPTY", max_retries=1)
+    client = openai.OpenAI(base_url=f"{target.base_url}/v1", api_key=target.api_key or "EMPTY", max_retries=1)
     messages: list[dict[str, str]] = []
     try:
         if args.prompt:

@@ -62,6 +62,7 @@ def chat_model(target: Target, journal: Journal, s: Settings) -> JournaledChatCo
         num_concurrent=s.concurrency,
         max_retries=s.max_retries,
         timeout=s.timeout_s,
+        header={"Authorization": f"Bearer {target.api_key}"} if target.api_key else None,
     )
 
 

@@ -7,13 +7,14 @@ Defaults come from the recipe, so `python -m eval gsm8k --recipe R` reaches the 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from launch.errors import LaunchError
-from launch.recipe import LoadedRecipe, load_recipe
+from launch.recipe import LoadedRecipe, Recipe, load_recipe
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Target:
     base_url: str  # scheme://host:port, no trailing slash, no /v1
     model: str  # the served model name
     recipe: LoadedRecipe | None
+    api_key: str | None = None  # sent as "Authorization: Bearer KEY" (the server's --api-key)
 
     @property
     def launch_hint(self) -> str:
@@ -40,19 +42,28 @@ def resolve(recipe: str | None, base_url: str | None = None, model: str | None =
         model = served_models(Target(url, "", None))[0]
     if model is None:
         raise LaunchError("no model name given", hint="pass --recipe RECIPE or --model NAME")
-    return Target(url, model, loaded)
+    return Target(url, model, loaded, api_key_of(loaded))
 
 
-def get_json(url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+def api_key_of(loaded: LoadedRecipe | None) -> str | None:
+    """The key the launcher gave the server: from the variable the recipe's api_key_env names (without a
+    recipe, the default variable)."""
+    variable = loaded.recipe.api_key_env if loaded else Recipe.model_fields["api_key_env"].default
+    return os.environ.get(variable) or None
+
+
+def get_json(url: str, body: dict[str, Any] | None = None, timeout: float = 30, api_key: str | None = None) -> Any:
     """GET (or POST `body`) and decode JSON; every failure becomes a LaunchError that names the URL."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as err:
         detail = err.read().decode(errors="replace")[:300]
-        raise LaunchError(f"{url} answered HTTP {err.code}: {detail}") from None
+        hint = "the server wants an API key: export the variable the recipe's api_key_env names" if err.code == 401 else None
+        raise LaunchError(f"{url} answered HTTP {err.code}: {detail}", hint=hint) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         reason = getattr(err, "reason", err)
         raise LaunchError(f"cannot reach {url}: {reason}") from None
@@ -65,7 +76,7 @@ def get_json(url: str, body: dict[str, Any] | None = None, timeout: float = 30) 
 def served_models(target: Target) -> list[str]:
     url = f"{target.base_url}/v1/models"
     try:
-        listing = get_json(url, timeout=10)
+        listing = get_json(url, timeout=10, api_key=target.api_key)
     except LaunchError as err:
         raise LaunchError(f"no OpenAI-compatible server at {target.base_url} ({err})", hint=target.launch_hint) from None
     return [m.get("id", "?") for m in listing.get("data", [])]

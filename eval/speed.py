@@ -18,6 +18,7 @@ import functools
 import json
 import multiprocessing
 import multiprocessing.context
+import os
 import runpy
 import subprocess
 import sys
@@ -271,6 +272,12 @@ def main(args: argparse.Namespace, target: Target, runner: Runner = run_module) 
         raise LaunchError("the baseline is the same server as the one measured", hint="start the baseline on another port (`--set port=30001`)")
     for t in targets.values():
         server.check(t)
+    keys = {t.api_key for t in targets.values()} - {None}
+    if len(keys) > 1:
+        raise LaunchError("the two servers want different API keys; bench_serving sends one (OPENAI_API_KEY)",
+                          hint="serve both with the same key")  # fmt: skip
+    if keys:  # bench_serving's processes, forked from here, send it as a Bearer token
+        os.environ["OPENAI_API_KEY"] = keys.pop()
     out_dir: Path = args.output
     points: list[Point] = []
     failure: Failure | None = None

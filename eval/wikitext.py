@@ -65,18 +65,18 @@ def load_articles(data_dir: Path | None) -> list[str]:
 
 
 def tokenize(target: Target, text: str) -> list[int]:
-    return server.get_json(f"{target.base_url}/tokenize", {"model": target.model, "prompt": text, "add_special_tokens": False})["tokens"]
+    return server.get_json(f"{target.base_url}/tokenize", {"model": target.model, "prompt": text, "add_special_tokens": False}, api_key=target.api_key)["tokens"]
 
 
 def context_length(target: Target) -> int:
     """The server's context length. SGLang lists it as max_model_len in /v1/models; /tokenize's
     max_model_len is the tokenizer's model_max_length, which can exceed a --context-length the server runs
     with (the tiny fixture: 32768 vs 8192), so it is only the answer for servers that list none."""
-    listing = server.get_json(f"{target.base_url}/v1/models")
+    listing = server.get_json(f"{target.base_url}/v1/models", api_key=target.api_key)
     listed = next((m.get("max_model_len") for m in listing.get("data", []) if m.get("id") == target.model), None)
     if listed:
         return listed
-    return server.get_json(f"{target.base_url}/tokenize", {"model": target.model, "prompt": "", "add_special_tokens": False})["max_model_len"]
+    return server.get_json(f"{target.base_url}/tokenize", {"model": target.model, "prompt": "", "add_special_tokens": False}, api_key=target.api_key)["max_model_len"]
 
 
 def longest_prompt(target: Target) -> int:
@@ -84,7 +84,7 @@ def longest_prompt(target: Target) -> int:
     /server_info (its context minus a few reserved tokens: 8186 of 8192; the scheduler refuses a prompt of
     that length or more), else one less than the context length."""
     try:
-        info = server.get_json(f"{target.base_url}/server_info")
+        info = server.get_json(f"{target.base_url}/server_info", api_key=target.api_key)
     except LaunchError:  # not SGLang, or an SGLang without the endpoint
         info = {}
     limit = info.get("max_req_input_len") or context_length(target)
@@ -98,7 +98,7 @@ def window_loglikelihood(target: Target, context: list[int], continuation: list[
         "return_logprob": True,
         "logprob_start_len": 0,
     }
-    logprobs = server.get_json(f"{target.base_url}/generate", body, timeout=600)["meta_info"]["input_token_logprobs"]
+    logprobs = server.get_json(f"{target.base_url}/generate", body, timeout=600, api_key=target.api_key)["meta_info"]["input_token_logprobs"]
     return sum(entry[0] for entry in logprobs[-len(continuation) :])
 
 

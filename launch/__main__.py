@@ -4,19 +4,24 @@
   python -m launch RECIPE --dry-run     print the exact command and environment, start nothing
   python -m launch RECIPE --set tp-size=2 --set model.path=/models/x
   python -m launch RECIPE --stand-in sm90 --dry-run   the recipe as rehearsed on Hopper, substitutions listed
+  python -m launch RECIPE --replicas 2   two servers on this host behind smg's router, one base URL
+  python -m launch RECIPE --node-rank 1 --dist-init-addr 10.0.0.1:5000   one host of a multi-node recipe
   python -m launch --list               every recipe, whether it fits this machine, and where it can be rehearsed
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from launch import hardware, server
+from launch import hardware, server, topology
 from launch.checkpoint import check_local_checkpoint, drafts_with_its_mtp_head, resolve_model_path
 from launch.errors import LaunchError
 from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
@@ -37,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="rehearse the recipe on GPU architecture ARCH (e.g. sm90) with the substitutions it lists "
                         "under stand_ins; everything else stays as the recipe says")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the command and environment; start nothing")
+    p.add_argument("--replicas", type=int, metavar="N", help="N servers behind smg's router (same as --set topology.replicas=N)")
+    p.add_argument("--node-rank", type=int, metavar="K", help="this host's rank in a multi-node recipe (topology.nodes)")
+    p.add_argument("--dist-init-addr", metavar="HOST:PORT", help="a multi-node recipe's rendezvous: node 0's address and a free port")
     p.add_argument("--list", action="store_true", help="list all recipes and whether each fits this machine")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for /health (default 1800)")
     p.add_argument("--log-dir", type=Path, default=Path("runs"), help="where server logs go (default ./runs)")
@@ -129,28 +137,34 @@ def launch(args: argparse.Namespace) -> int:
     machine = hardware.detect()
     if args.list:
         return list_recipes(machine)
-    loaded = load_recipe(args.recipe, args.overrides, stand_in=args.stand_in)
+    replicas = [f"topology.replicas={args.replicas}"] if args.replicas is not None else []
+    loaded = load_recipe(args.recipe, [*args.overrides, *replicas], stand_in=args.stand_in)
     recipe = loaded.recipe
     if args.stand_in:
         print_substitutions(loaded, args.stand_in)
-    reasons = hardware.misfits(recipe.hardware, machine)
+    server.check_exposure(loaded)
+    replicas = recipe.topology.replicas
+    reasons = hardware.misfits(recipe.hardware, machine, gpus_needed=recipe.hardware.gpu_count * replicas)
     planning_only = args.dry_run or not machine.gpus
     model_path = _model_path(loaded, materialize=not args.dry_run)
     if check_local_checkpoint(model_path, recipe.checkpoint_format, loaded.name, drafts_with_its_mtp_head(recipe.server_args)):
         err.print(f"checkpoint: {model_path} matches its config.json ({recipe.checkpoint_format})")
-    plan = server.plan(loaded, model_path, args.log_dir)
+    plans = _plans(loaded, model_path, args, planning_only)
 
     err.print(f"[bold]{loaded.name}[/]: {recipe.title}  [dim]({loaded.path})[/]")
     err.print(f"machine: {machine.summary()}")
     err.print(f"recipe needs: {recipe.hardware.gpu_count}× {recipe.hardware.vendor} {' / '.join(recipe.hardware.archs) or 'any arch'}"
-              + (f", ≥{recipe.hardware.min_memory_gib:g} GiB each" if recipe.hardware.min_memory_gib else ""))
+              + (f", ≥{recipe.hardware.min_memory_gib:g} GiB each" if recipe.hardware.min_memory_gib else "")
+              + (f", per replica ({replicas} replicas behind smg's router)" if replicas > 1 else "")
+              + (f", on each of {recipe.topology.nodes} hosts" if recipe.topology.nodes > 1 else ""))  # fmt: skip
     if reasons:
         err.print(f"[yellow]does not fit this machine:[/] {'; '.join(reasons)}")
     if planning_only:
         if not machine.gpus and not args.dry_run:
             err.print("[yellow]no GPU here, so nothing is started[/] (SGLang cannot serve Qwen3.5 on a CPU: see "
                       "docs/cpu.md); this is the command a GPU machine would run:")
-        out.print(server.render(plan), highlight=False, soft_wrap=True)
+        for label, plan in plans:
+            out.print(f"# {label}\n{server.render(plan)}" if len(plans) > 1 else server.render(plan), highlight=False, soft_wrap=True)
         return 0
     if reasons and not args.no_hardware_check:
         raise LaunchError(
@@ -158,13 +172,53 @@ def launch(args: argparse.Namespace) -> int:
             hint="use a recipe for this hardware (`python -m launch --list`), or --no-hardware-check to try anyway",
         )
     _check_sglang(loaded, machine)
-    server.check_port_free(recipe.host, recipe.port)
-    err.print(f"log: {plan.log_path}")
-    with server.running(plan, args.timeout) as process:
-        err.print(f"[green bold]ready[/] at {plan.base_url} (pid {process.pid}); Ctrl-C stops it\n")
-        out.print(server.usage_examples(plan.base_url, recipe.model.served_name), highlight=False, soft_wrap=True)
-        process.wait()
-        raise LaunchError(f"SGLang exited with code {process.returncode}; last log lines:\n{server.tail(plan.log_path)}")
+    for _, plan in plans:
+        host, port = plan.base_url.removeprefix("http://").rsplit(":", 1)
+        server.check_port_free(host, int(port))
+    return _serve(plans, recipe.model.served_name, args.timeout)
+
+
+def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, planning_only: bool) -> list[tuple[str, server.ServerPlan]]:
+    """(label, plan) of every process this host starts: the server, a node of a multi-node server (every
+    node when only planning), or the replicas and their router."""
+    topology_of = loaded.recipe.topology
+    if topology_of.nodes > 1:
+        if args.dist_init_addr is None:
+            raise LaunchError(f"recipe {loaded.name} spans {topology_of.nodes} hosts: give --dist-init-addr HEAD:PORT "
+                              "(the node-rank 0 host's address and a free port) and --node-rank K on each host")  # fmt: skip
+        if args.node_rank is None and not planning_only:
+            raise LaunchError(f"recipe {loaded.name} spans {topology_of.nodes} hosts: say which this one is with "
+                              f"--node-rank K (0 to {topology_of.nodes - 1}); --dry-run without it prints every node's command")  # fmt: skip
+        ranks = [args.node_rank] if args.node_rank is not None else range(topology_of.nodes)
+        return [(f"node {k}", topology.node_plan(loaded, model_path, args.log_dir, k, args.dist_init_addr)) for k in ranks]
+    if args.node_rank is not None or args.dist_init_addr is not None:
+        raise LaunchError(f"--node-rank / --dist-init-addr: recipe {loaded.name} runs on one host (topology.nodes is 1)",
+                          hint="drop them, or --set topology.nodes=N for a server spanning N hosts")  # fmt: skip
+    if topology_of.replicas > 1:
+        topology.require_router()
+        replicas = topology.replica_plans(loaded, model_path, args.log_dir)
+        router = topology.router_plan(loaded, replicas, args.log_dir)
+        return [*((f"replica {i}", plan) for i, plan in enumerate(replicas)), ("router (smg)", router)]
+    return [("server", server.plan(loaded, model_path, args.log_dir))]
+
+
+def _serve(plans: list[tuple[str, server.ServerPlan]], served_name: str, timeout_s: float) -> int:
+    """Start every process in order, each ready before the next; serve until one exits, then stop them all."""
+    with contextlib.ExitStack() as stack:
+        running = []
+        for label, plan in plans:
+            err.print(f"{label}: log {plan.log_path}")
+            running.append((label, plan, stack.enter_context(server.running(plan, timeout_s))))
+        label, front, _ = running[-1]
+        if front.health:
+            err.print(f"[green bold]ready[/] at {front.base_url} ({label}); Ctrl-C stops {'it' if len(running) == 1 else 'all of them'}\n")
+            out.print(server.usage_examples(front.base_url, served_name), highlight=False, soft_wrap=True)
+        else:
+            err.print(f"[green bold]{label} started[/]; it serves through node 0. Ctrl-C stops it")
+        while all(process.poll() is None for *_, process in running):
+            time.sleep(1)
+        label, plan, process = next(entry for entry in running if entry[2].poll() is not None)
+        raise LaunchError(f"{label} exited with code {process.returncode}; last log lines:\n{server.tail(plan.log_path)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return launch(args)
     except LaunchError as error:
-        err.print(f"[red bold]error:[/] {error}", highlight=False)
+        err.print(f"[red bold]error:[/] {escape(str(error))}", highlight=False)
         return error.exit_code
     except KeyboardInterrupt:
         err.print("stopped; the server and its processes were shut down")

@@ -107,8 +107,10 @@ def detect() -> Machine:
     return Machine(gpus, "torch" if gpus else "none", sglang)
 
 
-def misfits(spec: HardwareSpec, machine: Machine) -> list[str]:
-    """Why `machine` cannot serve a recipe needing `spec` (empty: it fits)."""
+def misfits(spec: HardwareSpec, machine: Machine, gpus_needed: int | None = None) -> list[str]:
+    """Why `machine` cannot serve a recipe needing `spec` (empty: it fits); `gpus_needed` replaces the
+    spec's GPU count (replicas need it several times over)."""
+    gpus_needed = gpus_needed or spec.gpu_count
     if not machine.gpus:
         return ["no GPU found"]
     usable = [g for g in machine.gpus if spec.vendor in ("any", g.vendor)]
@@ -127,6 +129,6 @@ def misfits(spec: HardwareSpec, machine: Machine) -> list[str]:
                 f"needs {spec.min_memory_gib:g} GiB per GPU, largest here has {max(g.memory_gib for g in usable):.1f} GiB"
             )
         usable = roomy
-    if not reasons and len(usable) < spec.gpu_count:
-        reasons.append(f"needs {spec.gpu_count} GPUs, {len(usable)} suitable here")
+    if not reasons and len(usable) < gpus_needed:
+        reasons.append(f"needs {gpus_needed} GPUs, {len(usable)} suitable here")
     return reasons

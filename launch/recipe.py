@@ -39,7 +39,14 @@ OWNED_OPTIONS = {
     "model": "model.path",
     "served-model-name": "model.served_name",
     "revision": "model.revision",
+    "api-key": "api_key_env (the environment variable that holds the key; a key in a file is a leaked key)",
+    "nnodes": "topology.nodes",
+    "node-rank": "the launcher's --node-rank",
+    "dist-init-addr": "the launcher's --dist-init-addr",
+    "base-gpu-id": "topology.replicas (each replica's first GPU)",
 }
+# smg's load-balancing policies (smg/router_args.py COMMON_POLICY_CHOICES, smg 1.13.0).
+RouterPolicy = Literal["random", "round_robin", "cache_aware", "power_of_two", "least_load", "consistent_hashing"]
 
 
 class _Strict(BaseModel):
@@ -113,6 +120,19 @@ class StandIn(_Strict):
     min_memory_gib: float | None = Field(None, ge=0, description="per GPU on the stand-in hardware")
 
 
+class Topology(_Strict):
+    nodes: int = Field(1, ge=1, le=64, description="hosts one server spans (SGLang --nnodes): every host runs "
+                       "`python -m launch RECIPE --node-rank K --dist-init-addr HEAD:PORT`")  # fmt: skip
+    replicas: int = Field(1, ge=1, le=64, description="servers on this host, each on hardware.gpu_count GPUs, behind smg's router")
+    router_policy: RouterPolicy = Field("cache_aware", description="smg's policy across the replicas")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Topology:
+        if self.nodes > 1 and self.replicas > 1:
+            raise ValueError("replicas of a multi-node server are not launched from one host: set nodes or replicas, not both")
+        return self
+
+
 class Recipe(_Strict):
     title: str
     model: ModelSpec
@@ -123,6 +143,9 @@ class Recipe(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     expected: list[ExpectedResult] = Field(default_factory=list)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    topology: Topology = Field(default_factory=Topology)
+    api_key_env: str = Field("SGLANG_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                             description="environment variable holding the key clients must send (SGLang's --api-key)")
     stand_ins: dict[str, StandIn] = Field(
         default_factory=dict, description="GPU architecture (sm90, gfx942, ...) -> how to rehearse the recipe there"
     )

@@ -44,6 +44,9 @@ class ServerPlan:
     env: dict[str, str]  # only what the launcher sets on top of the caller's environment
     base_url: str
     log_path: Path
+    secret_from: str | None = None  # the environment variable whose value the command carries (API key)
+    health: bool = True  # answers HTTP at all (a non-zero-rank node of a multi-node server does not)
+    ready_path: str = "/health"  # 200 here means ready (a router: once it lists a model, i.e. has a worker)
 
 
 def repo_python_path() -> str:
@@ -56,26 +59,57 @@ def sglang_env() -> dict[str, str]:
     return {"SGLANG_EXTERNAL_MODEL_PACKAGE": EXTENSION_PACKAGE, "PYTHONPATH": repo_python_path()}
 
 
-def plan(loaded: LoadedRecipe, model_path: str, log_dir: Path, python: str = sys.executable) -> ServerPlan:
+def plan(loaded: LoadedRecipe, model_path: str, log_dir: Path, python: str = sys.executable, *,
+         host: str | None = None, port: int | None = None, extra: tuple[str, ...] = (), label: str = "server") -> ServerPlan:  # fmt: skip
+    """The SGLang command of a recipe: on its own host and port, or on `host`/`port` (a replica behind the
+    router), with `extra` arguments (multi-node placement, GPU offset) and the recipe's API key if set."""
     recipe = loaded.recipe
+    host, port = host or recipe.host, port or recipe.port
     command = [python, "-m", "sglang.launch_server", "--model-path", model_path]
     command += ["--served-model-name", recipe.model.served_name]
     if recipe.model.revision:
         command += ["--revision", recipe.model.revision]
-    command += loaded.server_cli
-    if "host" not in recipe.server_args:
-        command += ["--host", recipe.host]
-    if "port" not in recipe.server_args:
-        command += ["--port", str(recipe.port)]
+    command += loaded.options.to_cli({k: v for k, v in recipe.server_args.items() if k not in ("host", "port")})
+    command += ["--host", host, "--port", str(port), *extra]
+    key = api_key(loaded)
+    if key:
+        command += ["--api-key", key]
     env = {**recipe.env, **sglang_env()}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return ServerPlan(command, env, f"http://{recipe.host}:{recipe.port}", log_dir / f"{loaded.name}-{stamp}" / "server.log")
+    log_path = log_dir / f"{loaded.name}-{stamp}" / f"{label}.log"
+    return ServerPlan(command, env, f"http://{host}:{port}", log_path, recipe.api_key_env if key else None)
+
+
+def api_key(loaded: LoadedRecipe) -> str | None:
+    """The key clients must send (SGLang's --api-key), from the environment variable the recipe names."""
+    return os.environ.get(loaded.recipe.api_key_env) or None
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(loaded: LoadedRecipe) -> None:
+    """A server bound beyond this machine answers anyone who reaches the port: refuse it without an API key."""
+    host = loaded.recipe.host
+    if host in LOCAL_HOSTS or host.startswith("127.") or api_key(loaded):
+        return
+    variable = loaded.recipe.api_key_env
+    raise LaunchError(
+        f"{loaded.where('server_args', 'host')}: host {host} serves beyond this machine, and ${variable} (the "
+        "recipe's api_key_env) holds no API key, so anyone who can reach the port could use the server",
+        hint=f"export {variable}=<a secret> (clients then send it as their OpenAI api_key; python -m eval reads it "
+        f"too), or bind this machine only with --set host=127.0.0.1",
+    )
 
 
 def render(server: ServerPlan) -> str:
+    """The plan as shell lines; an API key appears as the variable that holds it, never its value."""
     env = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in server.env.items())
     args = shlex.join(server.command).replace(" --", " \\\n    --")
-    return f"{env}\n{args}"
+    if server.secret_from:
+        key = os.environ[server.secret_from]
+        args = args.replace(f"--api-key {shlex.quote(key)}", f'--api-key "${server.secret_from}"')
+    return f"{env}\n{args}" if env else args
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -122,9 +156,16 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _healthy(base_url: str) -> bool:
+def _program(server: ServerPlan) -> str:
+    """What the plan runs, for messages: the module of `python -m MODULE`, else the executable."""
+    return server.command[2] if server.command[1:2] == ["-m"] else Path(server.command[0]).name
+
+
+def _healthy(server: ServerPlan) -> bool:
+    headers = {"Authorization": f"Bearer {os.environ[server.secret_from]}"} if server.secret_from else {}
     try:
-        with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
+        request = urllib.request.Request(f"{server.base_url}{server.ready_path}", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
@@ -137,15 +178,15 @@ def _wait_healthy(process: subprocess.Popen, server: ServerPlan, timeout_s: floa
             elapsed = time.monotonic() - start
             if process.poll() is not None:
                 raise LaunchError(
-                    f"SGLang exited with code {process.returncode} during start; last log lines "
+                    f"{_program(server)} exited with code {process.returncode} during start; last log lines "
                     f"({server.log_path}):\n{tail(server.log_path)}",
                     hint="the log above names the cause; the full log is kept at the path shown",
                 )
-            if _healthy(server.base_url):
+            if _healthy(server):
                 return
             if elapsed > timeout_s:
                 raise LaunchError(
-                    f"SGLang did not answer {server.base_url}/health within {timeout_s:.0f} s; last log lines:\n"
+                    f"{_program(server)} did not answer {server.base_url}{server.ready_path} within {timeout_s:.0f} s; last log lines:\n"
                     f"{tail(server.log_path)}",
                     hint="large checkpoints load slowly: raise --timeout; the server was stopped",
                 )
@@ -181,7 +222,8 @@ def running(server: ServerPlan, timeout_s: float) -> Iterator[subprocess.Popen]:
             {"pid": process.pid, "base_url": server.base_url, "command": server.command, "env": server.env}, indent=2
         ))
         try:
-            _wait_healthy(process, server, timeout_s)
+            if server.health:
+                _wait_healthy(process, server, timeout_s)
             yield process
         finally:
             with _signals_held():

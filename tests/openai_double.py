@@ -1,8 +1,9 @@
 """An OpenAI-compatible stand-in for an SGLang server, for the eval tests.
 
-It serves /v1/models, /v1/chat/completions (streaming too), /tokenize and /generate on 127.0.0.1 at a free
-port, records every request body it receives, and misbehaves on demand (HTTP 500s, malformed JSON, slow
-answers) so that tests can check what the eval tools do about it.
+It serves /health, /v1/models, /v1/chat/completions (streaming too), /tokenize and /generate on 127.0.0.1 at a
+free port, records every request body it receives, refuses requests without its API key when given one (as
+SGLang's --api-key does), and misbehaves on demand (HTTP 500s, malformed JSON, slow answers) so that tests
+can check what the eval tools do about it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class OpenAIDouble:
     max_model_len: int = 4096
     max_req_input_len: int | None = None  # SGLang's /server_info field; None: no such endpoint
     logprob_of: Callable[[int], float] = lambda token_id: -1.0
+    api_key: str | None = None  # as SGLang's --api-key: every request but /health must carry "Bearer KEY"
     chat_bodies: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0  # requests answered 401 for a missing or wrong key
     generate_bodies: list[dict[str, Any]] = field(default_factory=list)
     vocab: dict[str, int] = field(default_factory=dict)
 
@@ -126,8 +129,20 @@ class OpenAIDouble:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def _authorized(self) -> bool:
+                if double.api_key is None or self.headers.get("Authorization") == f"Bearer {double.api_key}":
+                    return True
+                with double._lock:
+                    double.refused += 1
+                self._send(401, b'{"error": {"message": "Invalid API Key"}}')
+                return False
+
             def do_GET(self) -> None:
-                if self.path == "/v1/models":
+                if self.path == "/health":
+                    self._send(200, b"")
+                elif not self._authorized():
+                    return
+                elif self.path == "/v1/models":
                     models = {"object": "list", "data": [{"id": double.model, "object": "model", "owned_by": "sglang"}]}
                     self._send(200, json.dumps(models).encode())
                 elif self.path == "/server_info" and double.max_req_input_len:
@@ -137,6 +152,8 @@ class OpenAIDouble:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if not self._authorized():
+                    return
                 if self.path == "/v1/chat/completions" and body.get("stream"):
                     self._stream(body)
                 elif self.path == "/v1/chat/completions":

@@ -67,8 +67,8 @@ def test_windows_fit_the_servers_context_not_the_tokenizers(tmp_path: Path, monk
     (tmp_path / "wiki.test.raw").write_text(RAW)
     get_json = wikitext.server.get_json
 
-    def models_list_a_context_of_8(url: str, body=None, timeout: float = 30):
-        reply = get_json(url, body, timeout)
+    def models_list_a_context_of_8(url: str, body=None, timeout: float = 30, api_key=None):
+        reply = get_json(url, body, timeout, api_key)
         if url.endswith("/v1/models"):
             reply["data"][0]["max_model_len"] = 8
         return reply

@@ -1,0 +1,159 @@
+"""Beyond one process on one host: multi-node and replicated recipes (their commands, checked with SGLang's and
+smg's own parsers), the exposure guard, API keys reaching the servers and the eval clients, and smg's real
+router in front of two OpenAI-compatible stand-ins."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from launch import server, topology
+from launch.errors import LaunchError
+from launch.recipe import load_recipe
+from launch.sglang_options import parse_with_sglang
+from openai_double import OpenAIDouble
+from tests.conftest import REPO
+
+KEY_VAR = "SGLANG_API_KEY"
+
+
+def launch(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != KEY_VAR} | (env or {})
+    return subprocess.run([sys.executable, "-m", "launch", *argv], cwd=REPO, capture_output=True, text=True, timeout=300, env=environ)
+
+
+def commands(stdout: str) -> dict[str, list[str]]:
+    """The printed plans by their '# label' headers, each as argv (line continuations joined)."""
+    import shlex
+
+    plans, label = {}, "server"
+    for block in stdout.replace("\\\n", " ").splitlines():
+        if block.startswith("# "):
+            label = block[2:]
+        elif "-m " in block:
+            plans[label] = shlex.split(block)
+    return plans
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["topology.nodes=2", "topology.replicas=2"], "set nodes or replicas, not both"),
+    (["topology.replicas=0"], "Input should be greater than or equal to 1"),
+    (["topology.router_policy=fastest"], "topology.router_policy"),
+    (["api-key=secret"], "set by the recipe's api_key_env"),
+    (["nnodes=2"], "set by the recipe's topology.nodes"),
+    (["api_key_env=2BAD"], "api_key_env"),
+])  # fmt: skip
+def test_topology_fields_are_validated(sets: list[str], message: str) -> None:
+    with pytest.raises(LaunchError, match=message):
+        load_recipe("tiny-bf16", sets)
+
+
+def test_every_node_of_a_multi_node_recipe_gets_sglangs_own_flags() -> None:
+    done = launch("tiny-bf16", "--dry-run", "--set", "topology.nodes=2", "--set", "tp-size=2", "--dist-init-addr", "10.0.0.1:5000")
+    assert done.returncode == 0, done.stderr
+    plans = commands(done.stdout)
+    assert list(plans) == ["node 0", "node 1"]
+    for rank, argv in enumerate(plans.values()):
+        parsed = parse_with_sglang(argv[argv.index("sglang.launch_server") + 1 :])
+        assert (parsed.nnodes, parsed.node_rank, parsed.dist_init_addr, parsed.tp_size) == (2, rank, "10.0.0.1:5000", 2)
+    one = launch("tiny-bf16", "--dry-run", "--set", "topology.nodes=2", "--node-rank", "1", "--dist-init-addr", "10.0.0.1:5000")
+    assert list(commands(one.stdout)) == ["server"] and "--node-rank 1" in " ".join(one.stdout.split())
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--set", "topology.nodes=2", "--dry-run"], "give --dist-init-addr HEAD:PORT"),
+    (["--set", "topology.nodes=2", "--dry-run", "--dist-init-addr", "10.0.0.1:5000", "--node-rank", "2"], "ranks 0 to 1"),
+    (["--set", "topology.nodes=2", "--dry-run", "--dist-init-addr", "head"], "expected HOST:PORT"),
+    (["--dry-run", "--node-rank", "0"], "runs on one host"),
+])  # fmt: skip
+def test_bad_multi_node_arguments_are_one_clear_error(argv: list[str], message: str) -> None:
+    done = launch("tiny-bf16", *argv)
+    assert done.returncode == 1 and message in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+
+
+def test_replicas_get_their_own_gpus_and_ports_and_the_router_fronts_them() -> None:
+    from smg.launch_router import parse_router_args
+
+    done = launch("tiny-bf16", "--dry-run", "--replicas", "2", "--set", "port=31000")
+    assert done.returncode == 0, done.stderr
+    plans = commands(done.stdout)
+    assert list(plans) == ["replica 0", "replica 1", "router (smg)"]
+    for i in range(2):
+        argv = plans[f"replica {i}"]
+        parsed = parse_with_sglang(argv[argv.index("sglang.launch_server") + 1 :])
+        assert (parsed.host, parsed.port, parsed.base_gpu_id) == ("127.0.0.1", 31001 + i, i)
+    router = plans["router (smg)"]
+    args = parse_router_args(router[router.index("smg.launch_router") + 1 :])
+    assert args.worker_urls == ["http://127.0.0.1:31001", "http://127.0.0.1:31002"]
+    assert (args.policy, args.host, args.port) == ("cache_aware", "127.0.0.1", 31000)
+
+
+def test_a_server_beyond_localhost_without_an_api_key_is_refused() -> None:
+    done = launch("tiny-bf16", "--dry-run", "--set", "host=0.0.0.0")
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "--set host=0.0.0.0: host 0.0.0.0 serves beyond this machine" in message
+    assert f"export {KEY_VAR}=" in message and "--set host=127.0.0.1" in message
+
+
+def test_with_a_key_it_reaches_every_server_and_the_router_but_is_never_printed() -> None:
+    done = launch("tiny-bf16", "--dry-run", "--set", "host=0.0.0.0", "--replicas", "2", env={KEY_VAR: "s3cret-value"})
+    assert done.returncode == 0, done.stderr
+    assert "s3cret-value" not in done.stdout + done.stderr
+    assert all(f'--api-key "${KEY_VAR}"' in " ".join(argv_line.split()) for argv_line in done.stdout.split("# ")[1:])
+    assert "--host 0.0.0.0" in " ".join(done.stdout.split("# router")[1].split())  # only the router is exposed
+
+
+def test_eval_clients_send_the_recipes_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    pytest.importorskip("lm_eval")
+    from eval.__main__ import main
+
+    data = Path(__file__).resolve().parent / "data" / "gsm8k"
+    with OpenAIDouble(lambda messages: "#### 18", api_key="k-123") as double:
+        argv = ["gsm8k", "--recipe", "tiny-bf16", "--base-url", double.base_url, "--data-dir", str(data), "--limit", "2",
+                "--max-retries", "1", "--output", str(tmp_path / "with-key")]  # fmt: skip
+        monkeypatch.delenv(KEY_VAR, raising=False)
+        assert main(argv) == 1
+        assert "HTTP 401" in capsys.readouterr().err and double.refused
+        monkeypatch.setenv(KEY_VAR, "k-123")
+        assert main([*argv[:-1], str(tmp_path / "with-key-2")]) == 0
+    assert len(double.chat_bodies) == 2
+
+
+def test_smgs_router_in_front_of_two_servers_spreads_requests_and_outlives_one(tmp_path: Path) -> None:
+    """The real router (smg 1.13.0) as the launcher starts it, before two OpenAI stand-ins with /health; the
+    second runs in a process of its own, which is then killed."""
+    loaded = load_recipe("tiny-bf16", [f"port={server_port()}", "topology.replicas=2", "topology.router_policy=round_robin"])
+    program = "import time; from openai_double import OpenAIDouble; d = OpenAIDouble(lambda m: 'two').__enter__(); print(d.base_url, flush=True); time.sleep(600)"
+    doomed = subprocess.Popen([sys.executable, "-c", program], cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True)
+    try:
+        with OpenAIDouble(lambda m: "one") as first:
+            replicas = [server.ServerPlan([], {}, url, tmp_path / f"r{i}.log") for i, url in enumerate((first.base_url, doomed.stdout.readline().strip()))]
+            router = topology.router_plan(loaded, replicas, tmp_path)
+            with server.running(router, timeout_s=60):
+                answers = [_chat(router.base_url) for _ in range(6)]
+                assert sorted(answers) == ["one"] * 3 + ["two"] * 3
+                doomed.kill()
+                doomed.wait()
+                assert [_chat(router.base_url) for _ in range(4)] == ["one"] * 4
+    finally:
+        doomed.kill()
+
+
+def server_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _chat(base_url: str) -> str:
+    body = {"model": "tiny-qwen3.5-moe", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    request = urllib.request.Request(f"{base_url}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["choices"][0]["message"]["content"]
