@@ -250,3 +250,14 @@ def test_the_cli_prints_each_substitution_beside_the_card_value():
     row = next(line for line in done.stderr.splitlines() if "moe-runner-backend" in line)
     assert "flashinfer_cutlass" in row and "marlin" in row
     assert "--moe-runner-backend marlin" in done.stdout and "--speculative-algorithm NEXTN" in done.stdout
+
+
+@pytest.mark.parametrize("name", [n for n in all_recipe_names() if n.endswith("-mtp")])
+def test_each_mtp_recipe_has_a_twin_and_drafts_with_the_checkpoints_mtp_layer(name):
+    from launch.checkpoint import drafts_with_its_mtp_head
+
+    mtp, twin = load_recipe(name), load_recipe(name.removesuffix("-mtp"))
+    assert drafts_with_its_mtp_head(mtp.recipe.server_args) and not drafts_with_its_mtp_head(twin.recipe.server_args)
+    assert (mtp.recipe.model, mtp.recipe.hardware, mtp.recipe.checkpoint_format) == (twin.recipe.model, twin.recipe.hardware, twin.recipe.checkpoint_format)
+    if mtp.recipe.hardware.vendor == "amd":
+        parse_with_sglang(["--model-path", "m", *load_recipe(name, stand_in="sm90").server_cli])
