@@ -1,4 +1,4 @@
-"""eval.bench_decode without a GPU: SGLang options per format, the weight bytes of the roofline, and the
+"""eval.perf.bench_decode without a GPU: SGLang options per format, the weight bytes of the roofline, and the
 saved-case path (a split or interrupted sweep resumes, and the table's ratios come from saved cases)."""
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from eval import bench_decode
+from eval.perf import bench_decode
 from sglang_ext.fixtures import write_fixture
 
 

@@ -1,4 +1,4 @@
-"""eval.bench_serving without a GPU: each case's server options, and the resume path (completed sweeps
+"""eval.perf.bench_serving without a GPU: each case's server options, and the resume path (completed sweeps
 are read back, not rerun; ratios against BF16 at the same prompt shape and concurrency)."""
 
 import argparse
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import bench_decode, bench_serving
+from eval.perf import bench_decode, bench_serving
 from launch.recipe import load_recipe
 
 

@@ -1,4 +1,4 @@
-"""eval.bench_spec without a GPU: the speed-up table from sweeps already in --out (ratios against MTP off at
+"""eval.perf.bench_spec without a GPU: the speed-up table from sweeps already in --out (ratios against MTP off at
 the same shape and concurrency, beside each server's accept length), and its bad input."""
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import bench_spec
+from eval.perf import bench_spec
 
 
 def _saved(out: Path, slug: str, tpot_ms: float, tok_s: float, accept: float | None) -> None:

@@ -1,4 +1,4 @@
-"""eval.bench_suite without a GPU: every step runs as its own process with the suite's options and --out,
+"""eval.perf.bench_suite without a GPU: every step runs as its own process with the suite's options and --out,
 a failing step does not stop the next, and a bad --set stops the suite before any step."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import bench_suite
+from eval.perf import bench_suite
 
 
 def test_each_step_runs_and_a_failure_does_not_stop_the_next(tmp_path: Path, monkeypatch, capfd) -> None:
@@ -18,7 +18,7 @@ def test_each_step_runs_and_a_failure_does_not_stop_the_next(tmp_path: Path, mon
     assert [s["name"] for s in steps] == ["bench_decode", "profile_decode", "bench_serving"]
     assert all(s["exit_code"] == 1 for s in steps)
     for s in steps:
-        assert s["command"][1:3] == ["-m", f"eval.{s['name']}"]
+        assert s["command"][1:3] == ["-m", f"eval.perf.{s['name']}"]
         assert s["command"][s["command"].index("--out") + 1] == str(tmp_path)
         assert "--set=bf16:port=31000" in s["command"] and "4" in s["command"]
     assert "--stock-moe-configs" in steps[0]["command"]

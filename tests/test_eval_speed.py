@@ -187,7 +187,7 @@ def test_concurrency_list_is_validated(capsys):
 
 
 def test_speed_runs_without_lm_eval():
-    """The GPU host carries SGLang but not necessarily lm-eval; `python -m eval speed` (what eval.bench_serving
+    """The GPU host carries SGLang but not necessarily lm-eval; `python -m eval speed` (what eval.perf.bench_serving
     runs there) must not import it."""
     blocked = "import sys; sys.modules['lm_eval'] = None; sys.argv = ['eval', 'speed', '--help']; import runpy; "
     done = subprocess.run([sys.executable, "-c", blocked + "runpy.run_module('eval', run_name='__main__')"],

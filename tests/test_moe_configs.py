@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import tune_moe
+from eval.perf import tune_moe
 from sglang_ext import moe_configs
 
 

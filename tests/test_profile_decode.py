@@ -1,4 +1,4 @@
-"""eval.profile_decode's reading of a torch-profiler trace: per-step busy time counts overlapping kernels
+"""eval.perf.profile_decode's reading of a torch-profiler trace: per-step busy time counts overlapping kernels
 once, kernels land in the group of what they compute, and the trace name is the one one_batch writes."""
 
 import gzip
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import bench_decode, profile_decode
+from eval.perf import bench_decode, profile_decode
 
 
 def _kernel(name: str, ts: float, dur: float, stream: int = 7, correlation: int = 0) -> dict:

@@ -1,4 +1,4 @@
-"""Fused-MoE Triton kernel configs tuned for the Qwen3.5 MoE shapes (`python -m eval.tune_moe` writes them
+"""Fused-MoE Triton kernel configs tuned for the Qwen3.5 MoE shapes (`python -m eval.perf.tune_moe` writes them
 to `configs/triton_<version>/` here), handed to SGLang through its `SGLANG_MOE_CONFIG_DIR` variable.
 
 SGLang reads that variable as a replacement of its own config folder, not an addition; pointing it at

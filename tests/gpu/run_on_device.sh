@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the GPU tests on a bare GPU machine with no package index: unpack the offline SGLang bundle parts
 # (built by shared/tools/gpu-bundle/build.sh into .gpu/bundle) found here, then run pytest on the given paths (default tests/gpu),
-# or with `--run COMMAND...` that command (e.g. --run python -m eval.bench_decode).
+# or with `--run COMMAND...` that command (e.g. --run python -m eval.perf.bench_decode).
 # The parts may arrive in separate calls (a call carries at most 64 MiB): run this once per part; tests
 # start once both parts are installed.  Logs go to $OUT (or ./runs) so nothing is lost.
 set -uo pipefail

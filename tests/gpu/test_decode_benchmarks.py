@@ -1,4 +1,4 @@
-"""eval.bench_suite end to end through real SGLang at the tiny shape, one run for the three benchmarks:
+"""eval.perf.bench_suite end to end through real SGLang at the tiny shape, one run for the three benchmarks:
 every decode case measured at every batch size with the ratios from the same run, a profiled step whose
 kernels fall into the MoE, DeltaNet and attention groups, and a serving sweep of every case against BF16."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import bench_suite
+from eval.perf import bench_suite
 
 pytestmark = pytest.mark.gpu
 

@@ -1,4 +1,4 @@
-"""eval.tune_moe on the GPU, at the tiny shape: it times SGLang's fused MoE over the search space, writes a
+"""eval.perf.tune_moe on the GPU, at the tiny shape: it times SGLang's fused MoE over the search space, writes a
 file under SGLang's lookup name, and SGLang's own lookup then returns those configs through
 sglang_ext.moe_configs."""
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import tune_moe
+from eval.perf import tune_moe
 from sglang_ext import moe_configs
 
 pytestmark = pytest.mark.gpu

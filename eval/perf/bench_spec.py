@@ -1,6 +1,6 @@
 """Speculative decoding (NEXTN/MTP) speed-up against the MTP head's acceptance, at real Qwen3.5 shapes.
 
-    python -m eval.bench_spec [--shape qwen3.5-35b-a3b] [--layers 8] [--formats bf16] [--acceptance 0.5,0.75,0.9]
+    python -m eval.perf.bench_spec [--shape qwen3.5-35b-a3b] [--layers 8] [--formats bf16] [--acceptance 0.5,0.75,0.9]
                               [--spec 5,1,6] [--concurrency 1,4,10] [--out DIR]
 
 For each format, real-shaped random checkpoints whose MTP head agrees with the greedy main model at each
@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eval import bench_decode, bench_serving
+from eval.perf import bench_decode, bench_serving
 from eval.speed import concurrency_list
 from launch import server
 from launch.recipe import load_recipe
@@ -78,7 +78,7 @@ def accept_length(base_url: str) -> float | None:
 
 
 def sweep(case: SpecCase, checkpoint: Path, sets: list[str], concurrency: list[int], out: Path) -> None:
-    """The format's tiny recipe serving `checkpoint` with the whole GPU, `sets` (eval.bench_decode's per-format
+    """The format's tiny recipe serving `checkpoint` with the whole GPU, `sets` (eval.perf.bench_decode's per-format
     options at real shapes) and the case's NEXTN options, swept by eval speed; then its accept length."""
     overrides = [f"model.path={checkpoint}", "model.fixture=null", bench_decode.MEM_FRACTION, *CARD_001_CACHE, *sets,
                  *case.sets()]  # fmt: skip
@@ -139,7 +139,7 @@ def _steps(text: str) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_spec", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.perf.bench_spec", description=__doc__.split("\n\n")[0])
     bench_decode.add_checkpoint_arguments(parser, formats="bf16")
     parser.add_argument("--acceptance", type=_shares, default="0.5,0.75,0.9", help="MTP head shares P (default 0.5,0.75,0.9)")
     parser.add_argument("--spec", type=_steps, default="5,1,6", help="NEXTN steps,topk,draft tokens (default card 001's 5,1,6)")

@@ -1,11 +1,11 @@
 """Where a decode step's GPU time goes, per checkpoint format at real Qwen3.5 shapes: SGLang's one-batch
 benchmark under the torch profiler, its kernels summed by what they compute.
 
-    python -m eval.profile_decode [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,quark-w8a8-int8]
+    python -m eval.perf.profile_decode [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,quark-w8a8-int8]
                                   [--fse on,off] [--batch-sizes 1,64] [--steps 5] [--set FORMAT:KEY=VALUE ...]
                                   [--out DIR]
 
-The checkpoints, SGLang options and cases are eval.bench_decode's (same --out reuses its checkpoints). For
+The checkpoints, SGLang options and cases are eval.perf.bench_decode's (same --out reuses its checkpoints). For
 each case and batch size it profiles `--steps` decode steps (CUDA graphs replayed as when serving) and
 reads the trace. Per step: the kernels launched; the time the GPU was busy (the union of kernel intervals,
 so work overlapped on two streams counts once); the step's span from its first kernel to its last; the
@@ -32,7 +32,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval import bench_decode
+from eval.perf import bench_decode
 
 # First match wins; names are lower-cased. The MoE group holds routing too (top-k, align, sum).
 GROUPS: tuple[tuple[str, str], ...] = (
@@ -166,7 +166,7 @@ def print_table(profiles: list[StepProfile]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.profile_decode", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.perf.profile_decode", description=__doc__.split("\n\n")[0])
     bench_decode.add_checkpoint_arguments(parser, formats="bf16,quark-w8a8-int8")
     parser.add_argument("--fse", default="on,off", help="on, off or on,off, for the formats that can fuse it")
     parser.add_argument("--batch-sizes", default="1,64")

@@ -1,10 +1,10 @@
 """Serving throughput of each checkpoint format at real Qwen3.5 shapes, as a ratio against BF16 measured
 in the same run: one SGLang server per case, swept by `python -m eval speed` (SGLang's bench_serving).
 
-    python -m eval.bench_serving [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,...]
+    python -m eval.perf.bench_serving [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,...]
                                  [--concurrency 1,2,4,8,16,32,64] [--set FORMAT:KEY=VALUE ...] [--out DIR]
 
-The cases, checkpoints and SGLang options are eval.bench_decode's (same --out reuses its checkpoints):
+The cases, checkpoints and SGLang options are eval.perf.bench_decode's (same --out reuses its checkpoints):
 each format's tiny recipe pointed at the real-shaped checkpoint, once per fused-shared-expert setting
 where the format has both. BF16 with FSE on runs first; every other case's output tok/s is divided by
 BF16's at the same prompt shape and concurrency, and so is its per-request decode speed (1 / median TPOT).
@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eval import bench_decode
+from eval.perf import bench_decode
 from eval.speed import concurrency_list
 from launch import server
 from launch.errors import LaunchError
@@ -154,7 +154,7 @@ def print_table(rows: list[ServingRow], shape: str, layers: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_serving", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.perf.bench_serving", description=__doc__.split("\n\n")[0])
     bench_decode.add_checkpoint_arguments(parser)
     parser.add_argument("--concurrency", type=concurrency_list, default="1,2,4,8,16,32,64", help="e.g. 1,8,32,64")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")

@@ -1,7 +1,7 @@
 """Fused-MoE Triton configs for the Qwen3.5 MoE shapes, tuned the way SGLang tunes them, and the speed-up
 over SGLang's default config measured in the same run.
 
-    python -m eval.tune_moe [--shape qwen3.5-35b-a3b] [--dtypes bf16,int8_w8a8] [--fse on,off]
+    python -m eval.perf.tune_moe [--shape qwen3.5-35b-a3b] [--dtypes bf16,int8_w8a8] [--fse on,off]
                             [--batch-sizes 1,2,4,...] [--jobs 16] [--out DIR]
 
 SGLang's procedure (benchmark/kernels/fused_moe_triton/tuning_fused_moe_triton.py in its source tree, not
@@ -252,7 +252,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.tune_moe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.perf.tune_moe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="qwen3.5-35b-a3b", choices=list(SHAPES))
     parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {', '.join(DTYPES)}")
     parser.add_argument("--fse", default="on,off", help="on, off or on,off: with the shared expert fused (E+1)")
@@ -270,7 +270,7 @@ def main() -> int:
     batches = sorted({int(b) for b in args.batch_sizes.split(",")})
     if not torch.cuda.is_available():
         print("error: tuning needs a CUDA GPU (and SGLang 0.5.17 importable); nothing was tuned\n"
-              "fix: run it on the GPU machine, e.g. bash tests/gpu/run_on_device.sh --run python -m eval.tune_moe",
+              "fix: run it on the GPU machine, e.g. bash tests/gpu/run_on_device.sh --run python -m eval.perf.tune_moe",
               file=sys.stderr)  # fmt: skip
         return 1
     args.out.mkdir(parents=True, exist_ok=True)

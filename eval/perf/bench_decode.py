@@ -1,6 +1,6 @@
 """Decode speed of each checkpoint format at real Qwen3.5 shapes, through SGLang's one-batch benchmark.
 
-    python -m eval.bench_decode [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,quark-w8a8-int8,...]
+    python -m eval.perf.bench_decode [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,quark-w8a8-int8,...]
                                 [--batch-sizes 1,8,32,64,128] [--set FORMAT:KEY=VALUE ...] [--out DIR]
                                 [--stock-moe-configs]
 
@@ -22,7 +22,7 @@ would use (--rerun to measure again): a crash or a time limit loses one case at 
 split across commands. The table and bench_decode.json cover every saved case of this run's options,
 BF16 ratios included.
 
-The Triton fused-MoE formats (BF16, INT8) run with the configs sglang_ext ships (`eval.tune_moe`, picked
+The Triton fused-MoE formats (BF16, INT8) run with the configs sglang_ext ships (`eval.perf.tune_moe`, picked
 up through `sglang_ext.moe_configs`); `--stock-moe-configs` also runs each of them, FSE on, with SGLang's
 own config folder, and the table gets the tuned/stock ratio.
 """
@@ -343,7 +343,7 @@ def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_decode", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.perf.bench_decode", description=__doc__.split("\n\n")[0])
     add_checkpoint_arguments(parser)
     parser.add_argument("--batch-sizes", default="1,8,32,64,128")
     parser.add_argument("--stock-moe-configs", action="store_true",

@@ -1,7 +1,7 @@
-"""Every speed benchmark at real Qwen3.5 shapes, one after another, from one command: eval.bench_decode,
-eval.profile_decode and eval.bench_serving (eval.tune_moe first with --tune).
+"""Every speed benchmark at real Qwen3.5 shapes, one after another, from one command: eval.perf.bench_decode,
+eval.perf.profile_decode and eval.perf.bench_serving (eval.perf.tune_moe first with --tune).
 
-    python -m eval.bench_suite [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,...]
+    python -m eval.perf.bench_suite [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,...]
                                [--set FORMAT:KEY=VALUE ...] [--concurrency 1,8,32,64] [--tune] [--out DIR]
 
 Each step is its own process, given these options and the same --out: the real-shaped checkpoints are
@@ -22,14 +22,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eval import bench_decode
+from eval.perf import bench_decode
 from eval.speed import concurrency_list
 from launch import server
 
 
 @dataclass
 class Step:
-    name: str  # the eval module
+    name: str  # the eval.perf module
     command: list[str]
     result: str  # the JSON it writes
     exit_code: int | None = None
@@ -48,7 +48,7 @@ def steps(args: argparse.Namespace) -> list[Step]:
     if args.tune:
         tune_out = args.out / "tune_moe"
         planned.insert(0, ("tune_moe", ["--shape", args.shape, "--out", str(tune_out)], tune_out / "tune_moe.json"))
-    return [Step(name, [sys.executable, "-m", f"eval.{name}", *argv], str(result)) for name, argv, result in planned]
+    return [Step(name, [sys.executable, "-m", f"eval.perf.{name}", *argv], str(result)) for name, argv, result in planned]
 
 
 def run(step: Step) -> None:
@@ -62,7 +62,7 @@ def print_table(done: list[Step]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="eval.bench_suite")
+    table = Table(title="eval.perf.bench_suite")
     for column in ("step", "exit", "minutes", "result"):
         table.add_column(column, justify="right")
     for step in done:
@@ -72,10 +72,10 @@ def print_table(done: list[Step]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_suite", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.perf.bench_suite", description=__doc__.split("\n\n")[0])
     bench_decode.add_checkpoint_arguments(parser)
     parser.add_argument("--concurrency", type=concurrency_list, help="bench_serving's sweep, e.g. 1,8,32,64 (default: its own, 1..64)")
-    parser.add_argument("--tune", action="store_true", help="run eval.tune_moe first (about 10 min per config file)")
+    parser.add_argument("--tune", action="store_true", help="run eval.perf.tune_moe first (about 10 min per config file)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     return parser
 
