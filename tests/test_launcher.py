@@ -143,14 +143,15 @@ def test_leaving_the_context_stops_the_whole_process_group(tmp_path):
     assert _wait_dead(grandchild)
 
 
-def test_sigterm_to_the_launcher_stops_the_server_tree(tmp_path):
-    port, pidfile = free_port(), tmp_path / "pids"
+def _launcher_of(command: list[str], port: int, tmp_path: Path, stop_grace_s: float = 20) -> subprocess.Popen:
+    """A process that serves `command` through server.running, as python -m launch does, and says when it is
+    ready and when it has stopped."""
     program = f"""
-import sys, time
+import time
 from pathlib import Path
 from launch import server
-plan = server.ServerPlan([sys.executable, {str(REPO / 'tests' / 'health_stub.py')!r}, '{port}', {str(pidfile)!r}],
-                         {{}}, 'http://127.0.0.1:{port}', Path({str(tmp_path / 'log' / 'server.log')!r}))
+server.STOP_GRACE_S = {stop_grace_s}
+plan = server.ServerPlan({command!r}, {{}}, 'http://127.0.0.1:{port}', Path({str(tmp_path / 'log' / 'server.log')!r}))
 try:
     with server.running(plan, timeout_s=30):
         print('ready', flush=True)
@@ -158,7 +159,12 @@ try:
 except KeyboardInterrupt:
     print('stopped', flush=True)
 """
-    launcher = subprocess.Popen([sys.executable, "-c", program], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", program], cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+
+def test_sigterm_to_the_launcher_stops_the_server_tree(tmp_path):
+    port, pidfile = free_port(), tmp_path / "pids"
+    launcher = _launcher_of([sys.executable, str(REPO / "tests" / "health_stub.py"), str(port), str(pidfile)], port, tmp_path)
     assert launcher.stdout.readline().strip() == "ready"
     grandchild = int(pidfile.read_text())
     launcher.send_signal(signal.SIGTERM)
@@ -193,21 +199,7 @@ def test_a_second_signal_while_stopping_still_kills_a_server_slow_to_exit(tmp_pa
     port, pidfile = free_port(), tmp_path / "pids"
     stubborn = (f"import runpy, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 f"sys.argv = ['stub', '{port}', {str(pidfile)!r}]; runpy.run_path({str(REPO / 'tests' / 'health_stub.py')!r})")  # fmt: skip
-    program = f"""
-import sys, time
-from pathlib import Path
-from launch import server
-server.STOP_GRACE_S = 3
-plan = server.ServerPlan([sys.executable, '-c', {stubborn!r}], {{}}, 'http://127.0.0.1:{port}',
-                         Path({str(tmp_path / 'log' / 'server.log')!r}))
-try:
-    with server.running(plan, timeout_s=30):
-        print('ready', flush=True)
-        time.sleep(600)
-except KeyboardInterrupt:
-    print('stopped', flush=True)
-"""
-    launcher = subprocess.Popen([sys.executable, "-c", program], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    launcher = _launcher_of([sys.executable, "-c", stubborn], port, tmp_path, stop_grace_s=3)
     assert launcher.stdout.readline().strip() == "ready"
     grandchild = int(pidfile.read_text())  # ignores SIGTERM too, as a server stuck in its shutdown would
     launcher.send_signal(signal.SIGTERM)

@@ -80,8 +80,7 @@ def accept_length(base_url: str) -> float | None:
 def sweep(case: SpecCase, checkpoint: Path, sets: list[str], concurrency: list[int], out: Path) -> None:
     """The format's tiny recipe serving `checkpoint` with the whole GPU, `sets` (eval.perf.bench_decode's per-format
     options at real shapes) and the case's NEXTN options, swept by eval speed; then its accept length."""
-    overrides = [f"model.path={checkpoint}", "model.fixture=null", bench_decode.MEM_FRACTION, *CARD_001_CACHE, *sets,
-                 *case.sets()]  # fmt: skip
+    overrides = bench_serving.case_overrides(bench_decode.Case(case.fmt, None), checkpoint, [*CARD_001_CACHE, *sets, *case.sets()])
     loaded = load_recipe(bench_decode.tiny_recipe(case.fmt), overrides)
     plan = server.plan(loaded, str(checkpoint), out / "logs")
     command = bench_serving.speed_command(plan.base_url, loaded.recipe.model.served_name, checkpoint, concurrency, out)

@@ -17,20 +17,16 @@ prints one table and writes conformance.json; tests/gpu/test_conformance.py runs
 """
 
 import argparse
+import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.gpu.serving import ServerDidNotStart, served
 
 PROMPTS = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
@@ -100,18 +96,6 @@ class Result:
     top2_gaps: list[list[float]] = field(default_factory=list, repr=False)  # per generated token
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _post(url: str, body: dict) -> object:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=300) as response:
-        return json.loads(response.read())
-
-
 def prompt_ids(tokenizer_dir: Path) -> list[list[int]]:
     from transformers import AutoTokenizer
 
@@ -133,52 +117,36 @@ _STARTING = threading.Lock()
 def _serve_and_query(case: Case, prompts: list[list[int]], log_dir: Path, mem_fraction: float, layout: tuple[str, ...] = ()) -> Result:
     result = Result(case.label, case.recipe, case.fse)
     log_dir = log_dir / case.label.replace(" ", "-")
-    port = _free_port()
-    sets = [f"port={port}", f"mem-fraction-static={mem_fraction}", "cuda-graph-backend-decode=disabled", *layout, *case.sets]
-    command = [sys.executable, "-m", "launch", case.recipe, "--log-dir", str(log_dir), "--timeout", "500",
-               *[arg for item in sets for arg in ("--set", item)]]  # fmt: skip
-    lines: list[str] = []
-    with _STARTING:
-        started = time.monotonic()
-        launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in launcher.stdout:
-            lines.append(line)
-            if "ready" in line and "at http://" in line:
-                break
+    sets = [f"mem-fraction-static={mem_fraction}", "cuda-graph-backend-decode=disabled", *layout, *case.sets]
     try:
-        if launcher.poll() is not None:
-            result.error = "server did not start: " + " | ".join(l.strip() for l in lines[-8:])
-            return result
-        result.ready_s = time.monotonic() - started
-        base = f"http://127.0.0.1:{port}"
-        outputs = _post(f"{base}/generate", {
-            "input_ids": prompts,
-            "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True},
-            "return_logprob": True, "logprob_start_len": 0, "top_logprobs_num": 2,
-        })  # fmt: skip
-        for prompt, output in zip(prompts, outputs):
-            meta = output["meta_info"]
-            generated = [token for _, token, _ in meta["output_token_logprobs"]]
-            result.sequences.append(prompt + generated)
-            result.logprobs.append([lp for lp, _, _ in meta["input_token_logprobs"][1:]] +
-                                   [lp for lp, _, _ in meta["output_token_logprobs"]])  # fmt: skip
-            result.top2_gaps.append([top[0][0] - top[1][0] for top in meta["output_top_logprobs"]])
-        chat = _post(f"{base}/v1/chat/completions", {
-            "model": "tiny-qwen3.5-moe", "messages": [{"role": "user", "content": PROMPTS[0]}],
-            "max_tokens": 8, "temperature": 0,
-        })  # fmt: skip
-        result.chat_completion_tokens = chat["usage"]["completion_tokens"]
+        with contextlib.ExitStack() as stack:
+            with _STARTING:
+                server = stack.enter_context(served(case.recipe, sets, log_dir, timeout_s=500))
+            result.ready_s = server.ready_s
+            outputs = server.post("/generate", {
+                "input_ids": prompts,
+                "sampling_params": {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True},
+                "return_logprob": True, "logprob_start_len": 0, "top_logprobs_num": 2,
+            })  # fmt: skip
+            for prompt, output in zip(prompts, outputs):
+                meta = output["meta_info"]
+                generated = [token for _, token, _ in meta["output_token_logprobs"]]
+                result.sequences.append(prompt + generated)
+                result.logprobs.append([lp for lp, _, _ in meta["input_token_logprobs"][1:]] +
+                                       [lp for lp, _, _ in meta["output_token_logprobs"]])  # fmt: skip
+                result.top2_gaps.append([top[0][0] - top[1][0] for top in meta["output_top_logprobs"]])
+            chat = server.post("/v1/chat/completions", {
+                "model": "tiny-qwen3.5-moe", "messages": [{"role": "user", "content": PROMPTS[0]}],
+                "max_tokens": 8, "temperature": 0,
+            })  # fmt: skip
+            result.chat_completion_tokens = chat["usage"]["completion_tokens"]
+    except ServerDidNotStart as error:
+        result.error = f"server did not start: {error}"
     except Exception as error:  # a case's failure is a row in the table, not the end of the suite
         result.error = f"{type(error).__name__}: {error}"
-    finally:
-        launcher.send_signal(signal.SIGTERM)
-        try:
-            launcher.wait(60)
-        except subprocess.TimeoutExpired:
-            launcher.kill()
-        result.fused_in_log = _fusion_from_log(log_dir)
-        print(f"{case.label}: {'ready after %.0f s' % result.ready_s if result.ready_s else 'no server'}"
-              f"{', ' + result.error if result.error else ''}", flush=True)  # fmt: skip
+    result.fused_in_log = _fusion_from_log(log_dir)
+    print(f"{case.label}: {'ready after %.0f s' % result.ready_s if result.ready_s else 'no server'}"
+          f"{', ' + result.error if result.error else ''}", flush=True)  # fmt: skip
     return result
 
 
@@ -196,13 +164,13 @@ def _score(result: Result, reference, prompt_lengths: list[int], device: str) ->
     import torch
 
     errors, agreement = [], []
-    for sequence, served, prompt_length in zip(result.sequences, result.logprobs, prompt_lengths):
+    for sequence, server_logprobs, prompt_length in zip(result.sequences, result.logprobs, prompt_lengths):
         tokens = torch.tensor([sequence], device=device)
         with torch.no_grad():
             logprobs = reference(input_ids=tokens).logits[0].float().log_softmax(-1)
         targets = tokens[0, 1:]
         ours = logprobs[:-1].gather(-1, targets[:, None])[:, 0].cpu()
-        errors.append((ours - torch.tensor(served)).abs())
+        errors.append((ours - torch.tensor(server_logprobs)).abs())
         predicted = logprobs[prompt_length - 1 : -1].argmax(-1).cpu()
         agreement.append((predicted == targets[prompt_length - 1 :].cpu()).float())
     errors_all, agreement_all = torch.cat(errors), torch.cat(agreement)
@@ -255,11 +223,11 @@ def run(cases: tuple[Case, ...], out: Path, parallel: int = 8, shape: str = "tin
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for recipe, checkpoint in checkpoints.items():
-        served = [r for r in results if r.recipe == recipe and not r.error]
-        if not served:
+        answered = [r for r in results if r.recipe == recipe and not r.error]
+        if not answered:
             continue
         reference = reference_model(checkpoint, write_dequantized(checkpoint, out / "dequantized" / recipe), device)
-        for result in served:
+        for result in answered:
             _score(result, reference, [len(p) for p in prompts], device)
         del reference
     pairs = [compare_fse(on, off, [len(p) for p in prompts]) for on in results for off in results
