@@ -137,8 +137,8 @@ def launch(args: argparse.Namespace) -> int:
     machine = hardware.detect()
     if args.list:
         return list_recipes(machine)
-    replicas = [f"topology.replicas={args.replicas}"] if args.replicas is not None else []
-    loaded = load_recipe(args.recipe, [*args.overrides, *replicas], stand_in=args.stand_in)
+    replica_count = [f"topology.replicas={args.replicas}"] if args.replicas is not None else []
+    loaded = load_recipe(args.recipe, [*args.overrides, *replica_count], stand_in=args.stand_in)
     recipe = loaded.recipe
     if args.stand_in:
         print_substitutions(loaded, args.stand_in)
@@ -181,20 +181,20 @@ def launch(args: argparse.Namespace) -> int:
 def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, planning_only: bool) -> list[tuple[str, server.ServerPlan]]:
     """(label, plan) of every process this host starts: the server, a node of a multi-node server (every
     node when only planning), or the replicas and their router."""
-    topology_of = loaded.recipe.topology
-    if topology_of.nodes > 1:
+    layout = loaded.recipe.topology
+    if layout.nodes > 1:
         if args.dist_init_addr is None:
-            raise LaunchError(f"recipe {loaded.name} spans {topology_of.nodes} hosts: give --dist-init-addr HEAD:PORT "
+            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: give --dist-init-addr HEAD:PORT "
                               "(the node-rank 0 host's address and a free port) and --node-rank K on each host")  # fmt: skip
         if args.node_rank is None and not planning_only:
-            raise LaunchError(f"recipe {loaded.name} spans {topology_of.nodes} hosts: say which this one is with "
-                              f"--node-rank K (0 to {topology_of.nodes - 1}); --dry-run without it prints every node's command")  # fmt: skip
-        ranks = [args.node_rank] if args.node_rank is not None else range(topology_of.nodes)
+            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: say which this one is with "
+                              f"--node-rank K (0 to {layout.nodes - 1}); --dry-run without it prints every node's command")  # fmt: skip
+        ranks = [args.node_rank] if args.node_rank is not None else range(layout.nodes)
         return [(f"node {k}", topology.node_plan(loaded, model_path, args.log_dir, k, args.dist_init_addr)) for k in ranks]
     if args.node_rank is not None or args.dist_init_addr is not None:
         raise LaunchError(f"--node-rank / --dist-init-addr: recipe {loaded.name} runs on one host (topology.nodes is 1)",
                           hint="drop them, or --set topology.nodes=N for a server spanning N hosts")  # fmt: skip
-    if topology_of.replicas > 1:
+    if layout.replicas > 1:
         topology.require_router()
         replicas = topology.replica_plans(loaded, model_path, args.log_dir)
         router = topology.router_plan(loaded, replicas, args.log_dir)
