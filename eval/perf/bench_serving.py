@@ -21,8 +21,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from eval.perf import bench_decode
 from eval.speed import concurrency_list
@@ -83,8 +85,10 @@ def case_recipe(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> L
     return load_recipe(bench_decode.tiny_recipe(case.fmt), case_overrides(case, checkpoint, sets))
 
 
-def sweep(case: bench_decode.Case, loaded: LoadedRecipe, checkpoint: Path, concurrency: list[int], out: Path) -> None:
-    """Start the case's server, run eval speed against it (out/speed.json), stop the server."""
+def sweep(case: bench_decode.Case, loaded: LoadedRecipe, checkpoint: Path, concurrency: list[int], out: Path,
+          while_serving: Callable[[str], Any] | None = None) -> Any:  # fmt: skip
+    """Start the case's server, run eval speed against it (out/speed.json), then `while_serving(base_url)` if
+    given (its result is returned), stop the server. `case` needs only a `fmt` and a `label`."""
     try:  # a server already on the port would answer the health check and be measured instead
         server.check_port_free(loaded.recipe.host, loaded.recipe.port)
     except LaunchError as error:
@@ -93,9 +97,11 @@ def sweep(case: bench_decode.Case, loaded: LoadedRecipe, checkpoint: Path, concu
     command = speed_command(plan.base_url, loaded.recipe.model.served_name, checkpoint, concurrency, out)
     with server.running(plan, timeout_s=1200):
         done = subprocess.run(command, env={**os.environ, "PYTHONPATH": server.repo_python_path()})
+        extra = while_serving(plan.base_url) if while_serving and done.returncode == 0 else None
     if done.returncode != 0:
         raise RuntimeError(f"eval speed failed for {case.label} (exit {done.returncode}); see {out}")
     (out / "server_args.json").write_text(json.dumps(loaded.server_cli) + "\n")
+    return extra
 
 
 def completed(folder: Path, server_cli: list[str]) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -28,7 +27,6 @@ from pathlib import Path
 
 from eval.perf import bench_decode, bench_serving
 from eval.speed import concurrency_list
-from launch import server
 from launch.recipe import load_recipe
 
 CARD_001_CACHE = ("page-size=64", "mamba-radix-cache-strategy=extra_buffer")
@@ -82,13 +80,7 @@ def sweep(case: SpecCase, checkpoint: Path, sets: list[str], concurrency: list[i
     options at real shapes) and the case's NEXTN options, swept by eval speed; then its accept length."""
     overrides = bench_serving.case_overrides(bench_decode.Case(case.fmt, None), checkpoint, [*CARD_001_CACHE, *sets, *case.sets()])
     loaded = load_recipe(bench_decode.tiny_recipe(case.fmt), overrides)
-    plan = server.plan(loaded, str(checkpoint), out / "logs")
-    command = bench_serving.speed_command(plan.base_url, loaded.recipe.model.served_name, checkpoint, concurrency, out)
-    with server.running(plan, timeout_s=1200):
-        done = subprocess.run(command, env={**os.environ, "PYTHONPATH": server.repo_python_path()})
-        measured = accept_length(plan.base_url) if case.steps else None
-    if done.returncode != 0:
-        raise RuntimeError(f"eval speed failed for {case.label} (exit {done.returncode}); see {out}")
+    measured = bench_serving.sweep(case, loaded, checkpoint, concurrency, out, accept_length if case.steps else None)
     (out / "accept_length.json").write_text(json.dumps({"accept_length": measured}) + "\n")
 
 
