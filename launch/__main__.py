@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from launch import hardware, server, topology
+from launch import hardware, memory, server, topology
 from launch.checkpoint import check_local_checkpoint, drafts_with_its_mtp_head, resolve_model_path
 from launch.errors import LaunchError
 from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
@@ -72,7 +72,7 @@ def list_recipes(machine: hardware.Machine) -> int:
         r = loaded.recipe
         hw = r.hardware
         where = f"{hw.gpu_count}× {'/'.join(hw.gpu_names) or hw.vendor} {'/'.join(hw.archs)}".strip()
-        reasons = hardware.misfits(hw, machine)
+        reasons = hardware.misfits(hw, machine, hardware.gpus_needed(r))
         try:
             _check_sglang(loaded, machine)
         except LaunchError as problem:
@@ -144,19 +144,24 @@ def launch(args: argparse.Namespace) -> int:
         print_substitutions(loaded, args.stand_in)
     server.check_exposure(loaded)
     replicas = recipe.topology.replicas
-    reasons = hardware.misfits(recipe.hardware, machine, gpus_needed=recipe.hardware.gpu_count * replicas)
+    gpus, counted = hardware.gpus_needed(recipe)
+    reasons = hardware.misfits(recipe.hardware, machine, (gpus, counted))
     planning_only = args.dry_run or not machine.gpus
     model_path = _model_path(loaded, materialize=not args.dry_run)
     if check_local_checkpoint(model_path, recipe.checkpoint_format, loaded.name, drafts_with_its_mtp_head(recipe.server_args)):
         err.print(f"checkpoint: {model_path} matches its config.json ({recipe.checkpoint_format})")
+    memory_plan = _memory_plan(recipe, machine, model_path)
     plans = _plans(loaded, model_path, args, planning_only)
 
     err.print(f"[bold]{loaded.name}[/]: {recipe.title}  [dim]({loaded.path})[/]")
     err.print(f"machine: {machine.summary()}")
-    err.print(f"recipe needs: {recipe.hardware.gpu_count}× {recipe.hardware.vendor} {' / '.join(recipe.hardware.archs) or 'any arch'}"
+    err.print(f"recipe needs: {gpus}× {recipe.hardware.vendor} {' / '.join(recipe.hardware.archs) or 'any arch'} ({counted})"
               + (f", ≥{recipe.hardware.min_memory_gib:g} GiB each" if recipe.hardware.min_memory_gib else "")
-              + (f", per replica ({replicas} replicas behind smg's router)" if replicas > 1 else "")
+              + (f", behind smg's router" if replicas > 1 else "")
               + (f", on each of {recipe.topology.nodes} hosts" if recipe.topology.nodes > 1 else ""))  # fmt: skip
+    if memory_plan:
+        err.print(f"memory: {memory_plan.summary()}", soft_wrap=True)
+        reasons += memory_plan.problems()
     if reasons:
         err.print(f"[yellow]does not fit this machine:[/] {'; '.join(reasons)}")
     if planning_only:
@@ -166,6 +171,8 @@ def launch(args: argparse.Namespace) -> int:
         for label, plan in plans:
             out.print(f"# {label}\n{server.render(plan)}" if len(plans) > 1 else server.render(plan), highlight=False, soft_wrap=True)
         return 0
+    if memory_plan and not args.no_hardware_check:
+        memory.require_fit(memory_plan, loaded.name)
     if reasons and not args.no_hardware_check:
         raise LaunchError(
             f"recipe {loaded.name} does not fit this machine: {'; '.join(reasons)}",
@@ -176,6 +183,16 @@ def launch(args: argparse.Namespace) -> int:
         host, port = plan.base_url.removeprefix("http://").rsplit(":", 1)
         server.check_port_free(host, int(port))
     return _serve(plans, recipe.model.served_name, args.timeout)
+
+
+def _memory_plan(recipe, machine: hardware.Machine, model_path: str) -> memory.MemoryPlan | None:
+    """How SGLang will split one GPU (this machine's smallest suitable one, else the recipe's minimum) for a
+    local checkpoint; None where neither a checkpoint nor a GPU size is known."""
+    usable = [g.memory_gib for g in machine.gpus if recipe.hardware.vendor in ("any", g.vendor)]
+    gib = min(usable) if usable else recipe.hardware.min_memory_gib
+    if not gib:
+        return None
+    return memory.plan_for_checkpoint(Path(model_path), int(gib * memory.GIB), recipe.server_args)
 
 
 def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, planning_only: bool) -> list[tuple[str, server.ServerPlan]]:

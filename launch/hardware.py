@@ -12,7 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from launch.recipe import HardwareSpec
+from launch.recipe import HardwareSpec, Recipe
 from launch.sglang_options import installed_sglang_version
 
 GIB = 1024**3
@@ -107,10 +107,22 @@ def detect() -> Machine:
     return Machine(gpus, "torch" if gpus else "none", sglang)
 
 
-def misfits(spec: HardwareSpec, machine: Machine, gpus_needed: int | None = None) -> list[str]:
-    """Why `machine` cannot serve a recipe needing `spec` (empty: it fits); `gpus_needed` replaces the
-    spec's GPU count (replicas need it several times over)."""
-    gpus_needed = gpus_needed or spec.gpu_count
+def gpus_needed(recipe: Recipe) -> tuple[int, str]:
+    """GPUs this host needs for the recipe as it will run (its server arguments after --set and --stand-in,
+    not the card's `hardware.gpu_count`), and how they were counted."""
+    size, layout = recipe.parallelism, recipe.topology
+    counted = f"tp {size['tp']} × pp {size['pp']} × dp {size['dp']}"
+    if layout.nodes > 1:
+        counted += f" over {layout.nodes} hosts"
+    if layout.replicas > 1:
+        counted += f", {layout.replicas} replicas"
+    return recipe.gpus_per_host * layout.replicas, counted
+
+
+def misfits(spec: HardwareSpec, machine: Machine, gpus: tuple[int, str] | None = None) -> list[str]:
+    """Why `machine` cannot serve a recipe needing `spec` (empty: it fits) on `gpus` GPUs (count, how it was
+    counted; default the spec's own GPU count)."""
+    gpus_needed, counted = gpus or (spec.gpu_count, "")
     if not machine.gpus:
         return ["no GPU found"]
     usable = [g for g in machine.gpus if spec.vendor in ("any", g.vendor)]
@@ -130,5 +142,5 @@ def misfits(spec: HardwareSpec, machine: Machine, gpus_needed: int | None = None
             )
         usable = roomy
     if not reasons and len(usable) < gpus_needed:
-        reasons.append(f"needs {gpus_needed} GPUs, {len(usable)} suitable here")
+        reasons.append(f"needs {gpus_needed} GPUs{f' ({counted})' if counted else ''}, {len(usable)} suitable here")
     return reasons

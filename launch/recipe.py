@@ -123,7 +123,7 @@ class StandIn(_Strict):
 class Topology(_Strict):
     nodes: int = Field(1, ge=1, le=64, description="hosts one server spans (SGLang --nnodes): every host runs "
                        "`python -m launch RECIPE --node-rank K --dist-init-addr HEAD:PORT`")  # fmt: skip
-    replicas: int = Field(1, ge=1, le=64, description="servers on this host, each on hardware.gpu_count GPUs, behind smg's router")
+    replicas: int = Field(1, ge=1, le=64, description="servers on this host, each on the GPUs its parallelism takes, behind smg's router")
     router_policy: RouterPolicy = Field("cache_aware", description="smg's policy across the replicas")
 
     @model_validator(mode="after")
@@ -158,6 +158,21 @@ class Recipe(_Strict):
     @property
     def port(self) -> int:
         return int(self.server_args.get("port", 30000))
+
+    @property
+    def parallelism(self) -> dict[str, int]:
+        """SGLang's tp, pp and dp sizes as these server arguments set them (1 where unset); dp counts GPUs
+        only without DP attention, which runs its ranks inside the TP group."""
+        size = {name: int(self.server_args.get(f"{name}-size") or 1) for name in ("tp", "pp", "dp")}
+        if self.server_args.get("enable-dp-attention"):
+            size["dp"] = 1
+        return size
+
+    @property
+    def gpus_per_host(self) -> int:
+        """GPUs one server takes on each host it spans (its tp × pp × dp over topology.nodes)."""
+        size = self.parallelism
+        return -(-size["tp"] * size["pp"] * size["dp"] // self.topology.nodes)
 
 
 @dataclass(frozen=True)

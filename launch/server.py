@@ -27,6 +27,7 @@ from pathlib import Path
 from rich.console import Console
 
 from launch.errors import LaunchError
+from launch.memory import draft_model_path_args
 from launch.recipe import LoadedRecipe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +71,7 @@ def plan(loaded: LoadedRecipe, model_path: str, log_dir: Path, python: str = sys
     if recipe.model.revision:
         command += ["--revision", recipe.model.revision]
     command += loaded.options.to_cli({k: v for k, v in recipe.server_args.items() if k not in ("host", "port")})
-    command += ["--host", host, "--port", str(port), *extra]
+    command += [*draft_model_path_args(recipe.server_args, model_path), "--host", host, "--port", str(port), *extra]
     key = api_key(loaded)
     if key:
         command += ["--api-key", key]

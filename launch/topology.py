@@ -3,8 +3,8 @@
 * Multi-node (`topology.nodes` N): every host runs `python -m launch RECIPE --node-rank K --dist-init-addr
   HEAD:PORT`; each gets the same SGLang command plus `--nnodes N --node-rank K --dist-init-addr HEAD:PORT`
   (SGLang's own multi-node launch). Node 0 serves HTTP; the others join it and serve nothing themselves.
-* Replicas (`topology.replicas` N): N SGLang servers on this host, replica i on `hardware.gpu_count` GPUs
-  from `--base-gpu-id i * gpu_count`, bound to 127.0.0.1 on the recipe's port + 1 + i, and the Shepherd Model
+* Replicas (`topology.replicas` N): N SGLang servers on this host, replica i on the G GPUs its parallelism
+  takes (tp × pp × dp) from `--base-gpu-id i * G`, bound to 127.0.0.1 on the recipe's port + 1 + i, and the Shepherd Model
   Gateway router (`smg`, SGLang's router continued; `python -m smg.launch_router`) on the recipe's host and
   port in front of them, with the recipe's `router_policy`. Only the router is reachable from outside.
 """
@@ -38,7 +38,7 @@ def node_plan(loaded: LoadedRecipe, model_path: str, log_dir: Path, node_rank: i
 
 def replica_plans(loaded: LoadedRecipe, model_path: str, log_dir: Path) -> list[server.ServerPlan]:
     recipe = loaded.recipe
-    gpus = recipe.hardware.gpu_count
+    gpus = recipe.gpus_per_host
     return [server.plan(loaded, model_path, log_dir, host="127.0.0.1", port=recipe.port + 1 + i,
                         extra=("--base-gpu-id", str(i * gpus)), label=f"replica{i}")
             for i in range(recipe.topology.replicas)]  # fmt: skip
