@@ -25,7 +25,9 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
+from launch import startup
 from launch.errors import LaunchError
 from launch.memory import draft_model_path_args
 from launch.recipe import LoadedRecipe
@@ -172,9 +174,22 @@ def _healthy(server: ServerPlan) -> bool:
         return False
 
 
+def _log_end(path: Path, size: int = 65536) -> str:
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, path.stat().st_size - size))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _wait_healthy(process: subprocess.Popen, server: ServerPlan, timeout_s: float) -> None:
+    """Poll until ready, naming the start-up phase on the terminal and, as each begins, in startup.log
+    beside the server log; SGLang's own per-phase timings end that file once the server is ready."""
     start = time.monotonic()
-    with console.status("") as status:
+    phases = server.log_path.with_name("startup.log")
+    current = None
+    with console.status("") as status, phases.open("a") as record:
         while True:
             elapsed = time.monotonic() - start
             if process.poll() is not None:
@@ -184,6 +199,8 @@ def _wait_healthy(process: subprocess.Popen, server: ServerPlan, timeout_s: floa
                     hint="the log above names the cause; the full log is kept at the path shown",
                 )
             if _healthy(server):
+                spent = startup.timings(_log_end(server.log_path))
+                record.write(f"{elapsed:6.0f} s  ready" + (f"; SGLang's start-up timings (s): {spent}" if spent else "") + "\n")
                 return
             if elapsed > timeout_s:
                 raise LaunchError(
@@ -191,8 +208,13 @@ def _wait_healthy(process: subprocess.Popen, server: ServerPlan, timeout_s: floa
                     f"{tail(server.log_path)}",
                     hint="large checkpoints load slowly: raise --timeout; the server was stopped",
                 )
-            last = tail(server.log_path, 1).strip()[-100:]
-            status.update(f"[bold]starting SGLang[/] {elapsed:4.0f}s / {timeout_s:.0f}s  [dim]{last}[/]")
+            now = startup.phase(_log_end(server.log_path)) or current
+            if now and (current is None or now.split(" ")[:3] != current.split(" ")[:3]):
+                record.write(f"{elapsed:6.0f} s  {now}\n")
+                record.flush()
+            current = now
+            shown = escape(current) if current else f"[dim]{escape(tail(server.log_path, 1).strip()[-100:])}[/]"
+            status.update(f"[bold]starting SGLang[/] {elapsed:4.0f}s / {timeout_s:.0f}s  {shown}")
             time.sleep(1.0)
 
 

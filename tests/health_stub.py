@@ -1,5 +1,6 @@
 """A stand-in process tree for launcher process-handling tests: answers GET /health with 200 on the given
-port after a short delay, and spawns a grandchild that would outlive a careless launcher.
+port after a short delay, and spawns a grandchild that would outlive a careless launcher. It logs the
+start-up markers SGLang 0.5.17 logs, for the launcher's phase reader.
 
 usage: python health_stub.py PORT PIDFILE
 """
@@ -13,8 +14,11 @@ from pathlib import Path
 port, pidfile = int(sys.argv[1]), Path(sys.argv[2])
 grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 pidfile.write_text(f"{grandchild.pid}\n")
-print("stub: loading weights", flush=True)
+print("[stub] Load weight begin. avail mem=139.07 GB", flush=True)
 time.sleep(1.5)
+print("[stub] Capture target prefill CUDA graph begin. backend=breakable, num_tokens=[4, 8]", flush=True)
+time.sleep(1.5)
+print("[stub] Engine startup timings (s): load_weight=1.50, cuda_graph={prefill=1.50}", flush=True)
 
 
 class Health(http.server.BaseHTTPRequestHandler):

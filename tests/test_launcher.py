@@ -141,6 +141,9 @@ def test_leaving_the_context_stops_the_whole_process_group(tmp_path):
         assert _alive(grandchild)
     assert process.poll() is not None
     assert _wait_dead(grandchild)
+    phases = [line.split(" s  ", 1)[1] for line in plan.log_path.with_name("startup.log").read_text().splitlines()]
+    assert phases == ["loading weights", "capturing prefill CUDA graphs (a host's first start compiles their kernels: minutes)",
+                      "ready; SGLang's start-up timings (s): load_weight=1.50, cuda_graph={prefill=1.50}"]  # fmt: skip
 
 
 def _launcher_of(command: list[str], port: int, tmp_path: Path, stop_grace_s: float = 20) -> subprocess.Popen:
