@@ -21,6 +21,7 @@ class Server:
     base_url: str
     ready_s: float
     log_dir: Path
+    launcher_lines: list[str]  # what the launcher printed until ready (plan, memory, substitutions)
 
     def post(self, path: str, body: dict, timeout: float = 600) -> object:
         request = urllib.request.Request(f"{self.base_url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})
@@ -43,11 +44,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(recipe: str, sets: list[str], log_dir: Path, timeout_s: int = 600) -> Iterator[Server]:
-    """The launcher serving `recipe` with `--set` items `sets` on a free port; stopped (SIGTERM to the
-    launcher, which stops its process group) on exit. ServerDidNotStart carries the launcher's last lines."""
+def served(recipe: str, sets: list[str], log_dir: Path, timeout_s: int = 600, flags: tuple[str, ...] = ()) -> Iterator[Server]:
+    """The launcher serving `recipe` with `--set` items `sets` (and launcher `flags`, e.g. `--stand-in sm90`)
+    on a free port; stopped (SIGTERM to the launcher, which stops its process group) on exit.
+    ServerDidNotStart carries the launcher's last lines."""
     port = free_port()
-    command = [sys.executable, "-m", "launch", recipe, "--log-dir", str(log_dir), "--timeout", str(timeout_s),
+    command = [sys.executable, "-m", "launch", recipe, "--log-dir", str(log_dir), "--timeout", str(timeout_s), *flags,
                *[arg for item in (f"port={port}", *sets) for arg in ("--set", item)]]  # fmt: skip
     started = time.monotonic()
     launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -59,7 +61,7 @@ def served(recipe: str, sets: list[str], log_dir: Path, timeout_s: int = 600) ->
                 break
         if launcher.poll() is not None:
             raise ServerDidNotStart(" | ".join(line.strip() for line in lines[-12:]))
-        yield Server(f"http://127.0.0.1:{port}", time.monotonic() - started, log_dir)
+        yield Server(f"http://127.0.0.1:{port}", time.monotonic() - started, log_dir, lines)
     finally:
         launcher.send_signal(signal.SIGTERM)
         try:

@@ -1,0 +1,117 @@
+"""Seed recipes rehearsed on one GPU: each served as its Hopper stand-in at TP1 on a real-shaped checkpoint
+(what one GPU of the recipe's TP4 holds: `--shape qwen3.5-397b-a17b-tp4`), through the launcher exactly as a
+user runs it (`python -m launch RECIPE --stand-in sm90 --set tp-size=1 --set ep-size=1 --set model.path=DIR`,
+with the launcher's own hardware and memory checks), then: chat through the OpenAI SDK (plain, streamed,
+with a tool), the accept length of a speculative recipe, the GPU memory the server holds, and a clean stop
+(the GPU's memory back to what it was).
+
+    python -m tests.gpu.rehearse [--recipes qwen3.5-397b-nvfp4-rtxpro6000-mtp,...] [--layers 4] [--out DIR]
+
+Results go to OUT/rehearse.json after every recipe (a run cut short keeps what finished) and as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from openai import APIError, OpenAI
+from rich.console import Console
+from rich.table import Table
+
+from eval.perf.bench_decode import ensure_checkpoint
+from eval.perf.bench_spec import accept_length
+from launch.recipe import load_recipe
+from tests.gpu.serving import ServerDidNotStart, served
+
+SHAPE = "qwen3.5-397b-a17b-tp4"
+DEFAULT_RECIPES = "qwen3.5-397b-mxfp4-fse-mi355x-mtp,qwen3.5-397b-nvfp4-rtxpro6000-mtp"
+FIXTURE_OF_FORMAT = {"modelopt-nvfp4": "modelopt-nvfp4", "quark-mxfp4-fse": "quark-mxfp4-fse", "bf16": "bf16",
+                     "ct-mxfp4": "ct-mxfp4", "quark-w8a8-int8": "quark-w8a8-int8"}  # fmt: skip
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
+
+
+def gpu_memory_used_mib() -> int:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return int(out.split()[0])
+
+
+def chat_checks(base_url: str, model: str) -> dict[str, object]:
+    """Status of each request kind a card's users send: a plain chat, a streamed one, one offering a tool."""
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="EMPTY")
+    messages = [{"role": "user", "content": "What is 7*6?"}]
+    plain = client.chat.completions.create(model=model, messages=messages, max_tokens=64, temperature=0)
+    chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=32, temperature=0, stream=True))
+    tools = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                           tools=[WEATHER_TOOL], max_tokens=32, temperature=0)  # fmt: skip
+    return {"chat_tokens": plain.usage.completion_tokens, "stream_chunks": len(chunks),
+            "tools_finish": tools.choices[0].finish_reason}  # fmt: skip
+
+
+def rehearse(recipe: str, layers: int, out: Path, acceptance: float) -> dict[str, object]:
+    loaded = load_recipe(recipe, ["tp-size=1", "ep-size=1"], stand_in="sm90")
+    fixture = FIXTURE_OF_FORMAT[loaded.recipe.checkpoint_format]
+    drafting = bool(loaded.recipe.server_args.get("speculative-algorithm"))
+    checkpoint = ensure_checkpoint(out, SHAPE, layers, fixture, acceptance if drafting else 0.0)
+    idle = gpu_memory_used_mib()
+    row: dict[str, object] = {"recipe": recipe, "layers": layers, "checkpoint_gib": round(
+        sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 2**30, 1)}
+    sets = ["tp-size=1", "ep-size=1", f"model.path={checkpoint}"]
+    try:
+        with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90")) as server:
+            row["ready_s"] = round(server.ready_s)
+            row["memory_plan"] = next((line.strip() for line in server.launcher_lines if line.startswith("memory:")), None)
+            row["gpu_used_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
+            try:
+                row.update(chat_checks(server.base_url, loaded.recipe.model.served_name))
+            except APIError as error:
+                row["error"] = f"chat: {error}"
+            if drafting:
+                row["accept_length"] = accept_length(server.base_url)
+    except ServerDidNotStart as error:
+        row["error"] = str(error)[-2000:]
+    time.sleep(5)
+    row["gpu_after_stop_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    table = Table(title=f"Seed recipes as Hopper stand-ins at TP1 ({SHAPE}, one H200)", title_justify="left")
+    columns = ("recipe", "layers", "checkpoint_gib", "ready_s", "gpu_used_gib", "chat_tokens", "stream_chunks",
+               "tools_finish", "accept_length", "gpu_after_stop_gib", "error")  # fmt: skip
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(row.get(c, "-")) for c in columns))
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.gpu.rehearse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default {DEFAULT_RECIPES})")
+    parser.add_argument("--layers", type=int, default=4, help="layers of the real-shaped checkpoint (default 4)")
+    parser.add_argument("--acceptance", type=float, default=0.8, help="the MTP head's share P for -mtp recipes")
+    parser.add_argument("--out", type=Path, default=Path("runs/rehearse"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "rehearse.json"
+    rows = json.loads(results.read_text()) if results.exists() else []
+    for recipe in args.recipes.split(","):
+        if any(r["recipe"] == recipe and r["layers"] == args.layers and "error" not in r for r in rows):
+            continue
+        rows.append(rehearse(recipe, args.layers, args.out, args.acceptance))
+        results.write_text(json.dumps(rows, indent=1) + "\n")
+        print(json.dumps(rows[-1]), flush=True)
+    print_table(rows)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
