@@ -24,6 +24,7 @@ from rich.table import Table
 from launch import hardware, server, topology
 from launch.checkpoint import check_local_checkpoint, drafts_with_its_mtp_head, resolve_model_path
 from launch.errors import LaunchError
+from launch.overrides import Override
 from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
 
 # Off a terminal (logs, CI, pipes) rich would wrap tables at 80 columns; recipe names need more.
@@ -137,7 +138,7 @@ def launch(args: argparse.Namespace) -> int:
     machine = hardware.detect()
     if args.list:
         return list_recipes(machine)
-    replica_count = [f"topology.replicas={args.replicas}"] if args.replicas is not None else []
+    replica_count = [Override(f"topology.replicas={args.replicas}", f"--replicas {args.replicas}")] if args.replicas is not None else []
     loaded = load_recipe(args.recipe, [*args.overrides, *replica_count], stand_in=args.stand_in)
     recipe = loaded.recipe
     if args.stand_in:
