@@ -113,6 +113,8 @@ class ExpectedResult(_Strict):
     num_fewshot: int | None = None
     sampling: str = "greedy"
     baseline: float | None = Field(None, description="the unquantized model's score in the same source")
+    questions: int | None = Field(None, ge=1, description="how many questions the source's score rests on (GSM8K: 1319); "
+                                  "a run on fewer is judged with its sampling error")  # fmt: skip
     source: str
 
 

@@ -85,6 +85,15 @@ def test_scores_match_lm_eval_and_the_canned_answers(reference):
     assert doc["verdict"]["status"] == "none"
 
 
+def test_a_limited_run_against_a_card_says_how_many_questions_its_verdict_rests_on(tmp_path: Path):
+    with OpenAIDouble(canned) as double:
+        assert main(["gsm8k", "--recipe", "qwen3.6-35b-int8-h100", "--base-url", double.base_url, "--model", double.model,
+                     "--data-dir", str(GSM8K_DIR), "--limit", str(LIMIT), "--output", str(tmp_path / "out")]) == 0  # fmt: skip
+    verdict = results_of(tmp_path)["verdict"]
+    assert verdict["questions"] == LIMIT and verdict["tolerance"] > 1.0
+    assert f"on {LIMIT} of the source's 1319 questions" in verdict["text"] and "standard error" in verdict["text"]
+
+
 def test_recipe_defaults_thinking_off(reference):
     _, bodies = reference
     assert {b["chat_template_kwargs"]["enable_thinking"] for b in bodies} == {False}
