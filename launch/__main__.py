@@ -112,7 +112,8 @@ def _model_path(loaded: LoadedRecipe, materialize: bool) -> str:
             f"recipe {loaded.name} serves a generated tiny checkpoint, which needs {error.name}",
             hint="pip install -e '.[fixtures]'",
         )
-    variant = Variant(model.fixture_shape, model.fixture_mtp_acceptance, model.fixture_mtp_experts == "fused")
+    layout = model.fixture_mtp_experts
+    variant = Variant(model.fixture_shape, model.fixture_mtp_acceptance, None if layout is None else layout == "fused")
     if not materialize:
         return str(fixture_dir(model.fixture, variant=variant))
     with err.status(f"writing the {model.fixture_shape} {model.fixture} checkpoint"):
@@ -185,11 +186,11 @@ def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, plan
     layout = loaded.recipe.topology
     if layout.nodes > 1:
         if args.dist_init_addr is None:
-            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: give --dist-init-addr HEAD:PORT "
-                              "(the node-rank 0 host's address and a free port) and --node-rank K on each host")  # fmt: skip
+            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: give --dist-init-addr HEAD:PORT",
+                              hint="the node-rank 0 host's address and a free port, and --node-rank K on each host")  # fmt: skip
         if args.node_rank is None and not planning_only:
-            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: say which this one is with "
-                              f"--node-rank K (0 to {layout.nodes - 1}); --dry-run without it prints every node's command")  # fmt: skip
+            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: say which this one is",
+                              hint=f"--node-rank K (0 to {layout.nodes - 1}); --dry-run without it prints every node's command")  # fmt: skip
         ranks = [args.node_rank] if args.node_rank is not None else range(layout.nodes)
         return [(f"node {k}", topology.node_plan(loaded, model_path, args.log_dir, k, args.dist_init_addr)) for k in ranks]
     if args.node_rank is not None or args.dist_init_addr is not None:

@@ -75,7 +75,9 @@ class ModelSpec(_Strict):
     fixture_mtp_acceptance: float = Field(
         0.0, ge=0, le=1, description="its MTP head agrees with the greedy main model at this share (0: random head)"
     )
-    fixture_mtp_experts: Literal["per-expert", "fused"] = "per-expert"
+    fixture_mtp_experts: Literal["per-expert", "fused"] | None = Field(
+        None, description="its MTP experts' layout (None: the format's checkpoint family's, sglang_ext.fixtures.QWEN3_6_FORMATS)"
+    )
     served_name: str
     revision: str | None = None
 
@@ -199,7 +201,7 @@ def resolve(name_or_path: str, directory: Path = RECIPES_DIR) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.exists():
-            raise LaunchError(f"recipe file {candidate} does not exist")
+            raise LaunchError(f"recipe file {candidate} does not exist", hint="give a recipe name (`python -m launch --list`) or an existing YAML file")
         return candidate.resolve()
     known = recipe_paths(directory)
     if name_or_path not in known:
@@ -224,9 +226,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise LaunchError(f"{path}: not valid YAML text: {err}", hint="a recipe is UTF-8 YAML; fix or rewrite the file")
     except OSError as err:
-        raise LaunchError(f"cannot read recipe {path}: {err.strerror}")
+        raise LaunchError(f"cannot read recipe {path}: {err.strerror}", hint="give a readable YAML file")
     if not isinstance(data, dict):
-        raise LaunchError(f"{path}: a recipe is a YAML mapping (key: value), not {type(data).__name__}")
+        raise LaunchError(f"{path}: a recipe is a YAML mapping (key: value), not {type(data).__name__}", hint="see docs/recipes.md")
     return data
 
 
