@@ -71,7 +71,7 @@ def parse_override(text: str, option_takes_text: Callable[[str], bool] = lambda 
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise LaunchError(f"--set {text!r}: expected KEY=VALUE, e.g. --set tp-size=2 or --set model.path=/models/x")
+        raise LaunchError(f"--set {text!r}: expected KEY=VALUE", hint="e.g. --set tp-size=2 or --set model.path=/models/x")
     parts = tuple(key.split("."))
     if parts[0] not in Recipe.model_fields:
         parts = ("server_args", key)
@@ -97,7 +97,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str | Override], origi
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise LaunchError(f"{item.said}: '{part}' is a single value, it has no field '{parts[-1]}'")
+                raise LaunchError(f"{item.said}: '{part}' is a single value, it has no field '{parts[-1]}'",
+                                  hint=f"set {'.'.join(parts[:-1])} itself, or a field of a mapping (docs/recipes.md)")  # fmt: skip
             node = child
         if value is None:
             node.pop(parts[-1], None)
