@@ -58,9 +58,8 @@ def _takes_text(annotation: Any) -> bool:
     if typing.get_origin(annotation) is typing.Literal:
         return all(isinstance(a, str) for a in args)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(_takes_text(a) for a in args if a is not type(None)) and all(
-            _takes_text(a) or a is type(None) for a in args
-        )
+        kinds = [a for a in args if a is not type(None)]
+        return bool(kinds) and all(map(_takes_text, kinds))
     return False
 
 
