@@ -18,7 +18,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from eval import results, server
+from eval import arguments, results, server
 from eval.journal import JOURNAL_NAME  # not eval.harness: `speed` runs without lm-eval
 from eval.speed import concurrency_list
 from launch.errors import LaunchError
@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        arguments.check(args)
         target = server.resolve(args.recipe, args.base_url, args.model, ask_server=args.command == "chat")
         if getattr(args, "resume", None) is not None:
             if not (args.resume / JOURNAL_NAME).is_file():

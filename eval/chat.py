@@ -10,6 +10,7 @@ from typing import Any
 import openai
 from rich.console import Console
 
+from eval import server
 from eval.server import Target
 
 console = Console(highlight=False)
@@ -46,6 +47,7 @@ def main(args: argparse.Namespace, target: Target) -> int:
         if args.prompt:
             stream_reply(client, model, [{"role": "user", "content": args.prompt}], args.think)
             return 0
+        server.check(target)  # before the first prompt, not after the user has typed a question
         console.print(f"[bold]{model}[/] at {target.base_url} — Ctrl-D or Ctrl-C to leave")
         while True:
             messages.append({"role": "user", "content": input("> ")})

@@ -82,6 +82,28 @@ class JournaledChatCompletions(LocalChatCompletion):
             self.journal.record(body, reply)
         return reply
 
+    async def get_batched_requests(self, *args: Any, **kwargs: Any) -> list:
+        # lm-eval runs one task per request and, when one fails for good, leaves the rest retrying against the
+        # dead server; each would end in a "Task exception was never retrieved" traceback. At the first failure
+        # every other request is stopped and its outcome collected, so the harness reports the failure once.
+        loop = asyncio.get_running_loop()
+        stopped = False
+
+        def quiet_once_stopped(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if not (stopped and isinstance(context.get("exception"), Exception)):
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(quiet_once_stopped)
+        try:
+            return await super().get_batched_requests(*args, **kwargs)
+        except Exception:
+            stopped = True
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            raise
+
     async def amodel_call(
         self,
         session: Any,

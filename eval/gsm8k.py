@@ -49,7 +49,8 @@ def main(args: argparse.Namespace, target: Target) -> int:
     server.check(target)
     lm_results, journal = harness.run(config, target, s, out_dir)
     metrics = harness.task_metrics(lm_results, "gsm8k")
-    verdict = results.judge(target.recipe, "gsm8k", metrics)
+    samples = harness.sample_records(lm_results, journal)
+    verdict = results.judge(target.recipe, "gsm8k", metrics, questions=len(samples))
     run_config = harness.run_config(
         "gsm8k (eval/tasks/gsm8k.yaml, InferenceX's)", target, s, journal, lm_results,
         data=str(args.data_dir) if args.data_dir else "openai/gsm8k main (hub)",
@@ -60,6 +61,6 @@ def main(args: argparse.Namespace, target: Target) -> int:
         run_config,
         metrics,
         verdict,
-        {"samples": harness.sample_records(lm_results, journal)},
+        {"samples": samples},
     )
     return verdict.exit_code

@@ -90,17 +90,25 @@ def run(task: str | dict[str, Any], target: Target, s: Settings, out_dir: Path) 
             model=chat_model(target, journal, s), task_manager=TaskManager(), **evaluate_kwargs(task, s)
         )
     except (ServerReplyError, aiohttp.ClientError, asyncio.TimeoutError, requests.RequestException) as err:
+        _close_progress_bars()
         detail = str(err) or type(err).__name__
         if isinstance(err, (asyncio.TimeoutError, requests.Timeout)):
             detail = f"no answer within {s.timeout_s}s (--timeout)"
-        raise LaunchError(
-            f"requests to {target.base_url} kept failing ({s.max_retries} tries): {detail}",
-            hint=f"{len(journal.answers)} answers are kept in {journal.path}; fix the server, then rerun "
-            f"with --resume {out_dir} to send only the rest",
-        ) from None
+        kept = (f"{len(journal.answers)} answers are kept in {journal.path}; fix the server, then rerun with --resume {out_dir} "
+                "to send only the rest") if journal.answers else "no answer came back; fix the server, then rerun"  # fmt: skip
+        raise LaunchError(f"requests to {target.base_url} kept failing ({s.max_retries} tries): {detail}", hint=kept) from None
     finally:
         journal.close()
     return results, journal
+
+
+def _close_progress_bars() -> None:
+    # lm-eval's "Requesting API" bar is left open when a request fails; closed, it ends its line, so the
+    # error starts on a line of its own and no bar is redrawn after it.
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        bar.close()
 
 
 def run_config(task: str, target: Target, s: Settings, journal: Journal, results: dict[str, Any],

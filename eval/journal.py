@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 JOURNAL_NAME = "responses.jsonl"  # in an evaluation's output folder
 
@@ -35,10 +35,14 @@ class Journal:
                 self.answers[entry["key"]] = entry["response"]
                 self.requests[entry["key"]] = entry["request"]
         self.reused = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a")
-        if self._file.tell() and not path.read_bytes().endswith(b"\n"):
-            self._file.write("\n")  # end a torn last line so the next record starts on its own line
+        self._file: IO[str] | None = None  # opened with the first answer: a run that fails before one leaves no file
+
+    def _open(self) -> IO[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = self.path.open("a")
+        if file.tell() and not self.path.read_bytes().endswith(b"\n"):
+            file.write("\n")  # end a torn last line so the next record starts on its own line
+        return file
 
     def lookup(self, body: dict[str, Any]) -> dict[str, Any] | None:
         answer = self.answers.get(request_key(body))
@@ -47,6 +51,7 @@ class Journal:
 
     def record(self, body: dict[str, Any], response: dict[str, Any]) -> None:
         key = request_key(body)
+        self._file = self._file or self._open()
         self._file.write(json.dumps({"key": key, "request": body, "response": response}, ensure_ascii=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -54,4 +59,5 @@ class Journal:
         self.requests[key] = body
 
     def close(self) -> None:
-        self._file.close()
+        if self._file:
+            self._file.close()

@@ -16,10 +16,11 @@ def main(args: argparse.Namespace, target: Target) -> int:
     server.check(target)
     lm_results, journal = harness.run(TASK, target, s, args.output)
     metrics = harness.task_metrics(lm_results, TASK)
-    verdict = results.judge(target.recipe, TASK, metrics)
+    samples = harness.sample_records(lm_results, journal)
+    verdict = results.judge(target.recipe, TASK, metrics, questions=len(samples))
     run_config = harness.run_config(
         f"{TASK} (lm-eval stock, hub dataset TIGER-Lab/MMLU-Pro)", target, s, journal, lm_results
     )
     title = f"MMLU-Pro — {run_config['recipe'] or target.base_url}"
-    results.write(args.output, title, run_config, metrics, verdict, {"samples": harness.sample_records(lm_results, journal)})
+    results.write(args.output, title, run_config, metrics, verdict, {"samples": samples})
     return verdict.exit_code

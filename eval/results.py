@@ -16,6 +16,9 @@ from rich.table import Table
 from launch.recipe import LoadedRecipe
 
 EXIT_OUTSIDE_TOLERANCE = 3
+# A run on fewer questions than the source's is judged within its tolerance plus this many of the sample's
+# standard errors: a model that scores the source's value on all of them lands there about 95% of the time.
+SAMPLE_STDERRS = 2
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -27,12 +30,13 @@ class Metric:
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # "pass", "fail", or "none" (no expected value for this recipe and task)
+    status: str  # "pass", "fail", or "none" (no expected value, or too little to judge by)
     text: str
     metric: str | None = None
     measured: float | None = None
     expected: float | None = None
-    tolerance: float | None = None
+    tolerance: float | None = None  # as applied: the recipe's, widened for a sample of the questions
+    questions: int | None = None  # how many the measurement rests on
 
     @property
     def exit_code(self) -> int:
@@ -46,7 +50,8 @@ def output_dir(given: Path | None, recipe: str | None, task: str) -> Path:
     return Path("runs") / "eval" / f"{recipe or 'server'}-{task}-{stamp}"
 
 
-def judge(recipe: LoadedRecipe | None, task: str, metrics: dict[str, Metric]) -> Verdict:
+def judge(recipe: LoadedRecipe | None, task: str, metrics: dict[str, Metric], questions: int | None = None) -> Verdict:
+    """The run's `metrics` (over `questions` questions) against the recipe's expected entry for `task`."""
     entries = [e for e in recipe.recipe.expected if e.task == task] if recipe else []
     if not entries:
         who = f"recipe {recipe.name}" if recipe else "this run (no --recipe)"
@@ -54,13 +59,22 @@ def judge(recipe: LoadedRecipe | None, task: str, metrics: dict[str, Metric]) ->
     e = entries[0]
     if e.metric not in metrics:
         return Verdict("fail", f"the run produced no '{e.metric}' (has: {', '.join(metrics)})", e.metric)
-    measured = metrics[e.metric].value
-    inside = abs(measured - e.value) <= e.tolerance
+    measured = metrics[e.metric]
+    on, tolerance, widened = (f" on {questions} questions" if questions else ""), e.tolerance, ""
+    if questions and e.questions and questions < e.questions:
+        on = f" on {questions} of the source's {e.questions} questions"
+        if not measured.stderr:
+            return Verdict("none", f"no verdict: {e.metric} = {measured.value:.4g}{on}, a sample without a standard error "
+                           f"to judge it by; ask all {e.questions} (no --limit) to compare with {e.value:g} ({e.source})",
+                           e.metric, measured.value, e.value, questions=questions)  # fmt: skip
+        tolerance = e.tolerance + SAMPLE_STDERRS * measured.stderr
+        widened = f" widened to ± {tolerance:.3g} by {SAMPLE_STDERRS} × the sample's standard error {measured.stderr:.3g}"
+    inside = abs(measured.value - e.value) <= tolerance
     text = (
-        f"{e.metric} = {measured:.4g}, expected {e.value:g} ± {e.tolerance:g} ({e.source}): "
+        f"{e.metric} = {measured.value:.4g}{on}, expected {e.value:g} ± {e.tolerance:g}{widened} ({e.source}): "
         + ("inside tolerance" if inside else f"OUTSIDE tolerance (exit code {EXIT_OUTSIDE_TOLERANCE})")
     )
-    return Verdict("pass" if inside else "fail", text, e.metric, measured, e.value, e.tolerance)
+    return Verdict("pass" if inside else "fail", text, e.metric, measured.value, e.value, tolerance, questions)
 
 
 def metrics_table(title: str, metrics: dict[str, Metric]) -> Table:

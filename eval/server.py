@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +34,10 @@ class Target:
 def resolve(recipe: str | None, base_url: str | None = None, model: str | None = None, *, ask_server: bool = False) -> Target:
     """The server and model to use; with ask_server, a missing model name is the server's first one."""
     loaded = load_recipe(recipe) if recipe else None
-    if base_url is None and loaded is None:
+    if not base_url and loaded is None:
         raise LaunchError("no server given", hint="pass --recipe RECIPE or --base-url URL")
     url = (base_url or f"http://{loaded.recipe.host}:{loaded.recipe.port}").rstrip("/").removesuffix("/v1")
+    _check_url(url, given=bool(base_url))
     if model is None and loaded is not None:
         model = loaded.recipe.model.served_name
     if model is None and ask_server:
@@ -43,6 +45,18 @@ def resolve(recipe: str | None, base_url: str | None = None, model: str | None =
     if model is None:
         raise LaunchError("no model name given", hint="pass --recipe RECIPE or --model NAME")
     return Target(url, model, loaded, api_key_of(loaded))
+
+
+def _check_url(url: str, given: bool) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as err:  # an unclosed [IPv6 or a port out of range
+        parts, port = None, err
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or isinstance(port, ValueError):
+        where = f"--base-url {url}" if given else f"the recipe's host and port ({url})"
+        raise LaunchError(f"{where}: not an http(s)://HOST:PORT address", hint="e.g. --base-url http://127.0.0.1:30000",
+                          exit_code=2 if given else 1)  # fmt: skip
 
 
 def api_key_of(loaded: LoadedRecipe | None) -> str | None:
@@ -66,11 +80,12 @@ def get_json(url: str, body: dict[str, Any] | None = None, timeout: float = 30, 
         raise LaunchError(f"{url} answered HTTP {err.code}: {detail}", hint=hint) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         reason = getattr(err, "reason", err)
-        raise LaunchError(f"cannot reach {url}: {reason}") from None
+        raise LaunchError(f"cannot reach {url}: {reason}", hint="check the address and that the server is up") from None
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        raise LaunchError(f"{url} answered with something that is not JSON: {raw[:200]!r}") from None
+        raise LaunchError(f"{url} answered with something that is not JSON: {raw[:200]!r}",
+                          hint="point --base-url at an OpenAI-compatible server (SGLang's)") from None
 
 
 def served_models(target: Target) -> list[str]:

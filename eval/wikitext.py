@@ -57,7 +57,10 @@ def load_articles(data_dir: Path | None) -> list[str]:
     if data_dir is None:
         import datasets
 
-        return list(datasets.load_dataset("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", split="test")["page"])
+        try:
+            return list(datasets.load_dataset("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", split="test")["page"])
+        except OSError as err:  # offline, or the hub refused: datasets raises ConnectionError
+            raise LaunchError(f"cannot fetch wikitext-2 from the hub: {err}", hint="pass --data-dir with wikitext-2-raw-v1's wiki.test.raw") from None
     path = data_dir / RAW_FILE
     if not path.is_file():
         raise LaunchError(f"--data-dir {data_dir} has no {RAW_FILE}", hint="point it at wikitext-2-raw-v1 (wiki.test.raw)")
@@ -121,8 +124,9 @@ def perplexities(scores: list[DocumentScore]) -> dict[str, Metric]:
 
 
 def main(args: argparse.Namespace, target: Target) -> int:
-    articles = load_articles(args.data_dir)[: args.limit]
-    server.check(target)
+    local = load_articles(args.data_dir) if args.data_dir is not None else None  # a bad --data-dir first
+    server.check(target)  # before the hub is asked for the dataset
+    articles = (local if local is not None else load_articles(None))[: args.limit]
     prefix_ids = tokenize(target, args.prefix_token)
     max_model_len = context_length(target)
     max_prompt = longest_prompt(target)

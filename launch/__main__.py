@@ -24,6 +24,7 @@ from rich.table import Table
 from launch import hardware, memory, server, topology
 from launch.checkpoint import check_local_checkpoint, drafts_with_its_mtp_head, resolve_model_path
 from launch.errors import LaunchError
+from launch.overrides import Override
 from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
 
 # Off a terminal (logs, CI, pipes) rich would wrap tables at 80 columns; recipe names need more.
@@ -111,7 +112,8 @@ def _model_path(loaded: LoadedRecipe, materialize: bool) -> str:
             f"recipe {loaded.name} serves a generated tiny checkpoint, which needs {error.name}",
             hint="pip install -e '.[fixtures]'",
         )
-    variant = Variant(model.fixture_shape, model.fixture_mtp_acceptance, model.fixture_mtp_experts == "fused")
+    layout = model.fixture_mtp_experts
+    variant = Variant(model.fixture_shape, model.fixture_mtp_acceptance, None if layout is None else layout == "fused")
     if not materialize:
         return str(fixture_dir(model.fixture, variant=variant))
     with err.status(f"writing the {model.fixture_shape} {model.fixture} checkpoint"):
@@ -137,7 +139,7 @@ def launch(args: argparse.Namespace) -> int:
     machine = hardware.detect()
     if args.list:
         return list_recipes(machine)
-    replica_count = [f"topology.replicas={args.replicas}"] if args.replicas is not None else []
+    replica_count = [Override(f"topology.replicas={args.replicas}", f"--replicas {args.replicas}")] if args.replicas is not None else []
     loaded = load_recipe(args.recipe, [*args.overrides, *replica_count], stand_in=args.stand_in)
     recipe = loaded.recipe
     if args.stand_in:
@@ -201,11 +203,11 @@ def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, plan
     layout = loaded.recipe.topology
     if layout.nodes > 1:
         if args.dist_init_addr is None:
-            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: give --dist-init-addr HEAD:PORT "
-                              "(the node-rank 0 host's address and a free port) and --node-rank K on each host")  # fmt: skip
+            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: give --dist-init-addr HEAD:PORT",
+                              hint="the node-rank 0 host's address and a free port, and --node-rank K on each host")  # fmt: skip
         if args.node_rank is None and not planning_only:
-            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: say which this one is with "
-                              f"--node-rank K (0 to {layout.nodes - 1}); --dry-run without it prints every node's command")  # fmt: skip
+            raise LaunchError(f"recipe {loaded.name} spans {layout.nodes} hosts: say which this one is",
+                              hint=f"--node-rank K (0 to {layout.nodes - 1}); --dry-run without it prints every node's command")  # fmt: skip
         ranks = [args.node_rank] if args.node_rank is not None else range(layout.nodes)
         return [(f"node {k}", topology.node_plan(loaded, model_path, args.log_dir, k, args.dist_init_addr)) for k in ranks]
     if args.node_rank is not None or args.dist_init_addr is not None:

@@ -5,22 +5,25 @@ Every tool in this repository (launcher, evals, tests) reads recipes through `lo
   the base's key by key, and a child's `null` deletes the inherited key, e.g. to drop a server flag),
 - applies `--stand-in ARCH`: the recipe's `stand_ins.ARCH` merged in (its `null` removes an option or
   variable), the hardware set to that architecture, and every change listed (`Substitution`),
-- rejects unknown keys and wrong types, naming the file that supplied the offending key,
-- checks every `server_args` key against the pinned SGLang version's own option table.
+- rejects unknown keys and wrong types, naming the layer that supplied the offending value (a file, a `--set`,
+  a launcher flag),
+- checks every `server_args` key, and every stand-in's, against the pinned SGLang version's own option table.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from launch.errors import LaunchError
+from launch.overrides import Override, apply_overrides
 from launch.sglang_options import OptionTable, ServerArgError, option_table
 from launch.sglang_rules import violations
 
@@ -45,6 +48,16 @@ OWNED_OPTIONS = {
     "dist-init-addr": "the launcher's --dist-init-addr",
     "base-gpu-id": "topology.replicas (each replica's first GPU)",
 }
+ARCH = re.compile(r"^(sm\d{2,3}|gfx[0-9a-f]{3,4})$")
+
+
+def _arch_name(name: str) -> str:
+    if not ARCH.match(name):
+        raise ValueError(f"{name!r} is not a GPU architecture name (e.g. sm90 for H100/H200, gfx942 for MI300X)")
+    return name
+
+
+ArchName = Annotated[str, AfterValidator(_arch_name)]
 # smg's load-balancing policies (smg/router_args.py COMMON_POLICY_CHOICES, smg 1.13.0).
 RouterPolicy = Literal["random", "round_robin", "cache_aware", "power_of_two", "least_load", "consistent_hashing"]
 
@@ -62,7 +75,9 @@ class ModelSpec(_Strict):
     fixture_mtp_acceptance: float = Field(
         0.0, ge=0, le=1, description="its MTP head agrees with the greedy main model at this share (0: random head)"
     )
-    fixture_mtp_experts: Literal["per-expert", "fused"] = "per-expert"
+    fixture_mtp_experts: Literal["per-expert", "fused"] | None = Field(
+        None, description="its MTP experts' layout (None: the format's checkpoint family's, sglang_ext.fixtures.QWEN3_6_FORMATS)"
+    )
     served_name: str
     revision: str | None = None
 
@@ -100,6 +115,8 @@ class ExpectedResult(_Strict):
     num_fewshot: int | None = None
     sampling: str = "greedy"
     baseline: float | None = Field(None, description="the unquantized model's score in the same source")
+    questions: int | None = Field(None, ge=1, description="how many questions the source's score rests on (GSM8K: 1319); "
+                                  "a run on fewer is judged with its sampling error")  # fmt: skip
     source: str
 
 
@@ -146,7 +163,7 @@ class Recipe(_Strict):
     topology: Topology = Field(default_factory=Topology)
     api_key_env: str = Field("SGLANG_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                              description="environment variable holding the key clients must send (SGLang's --api-key)")
-    stand_ins: dict[str, StandIn] = Field(
+    stand_ins: dict[ArchName, StandIn] = Field(
         default_factory=dict, description="GPU architecture (sm90, gfx942, ...) -> how to rehearse the recipe there"
     )
     notes: str = ""
@@ -199,7 +216,7 @@ def resolve(name_or_path: str, directory: Path = RECIPES_DIR) -> Path:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.exists():
-            raise LaunchError(f"recipe file {candidate} does not exist")
+            raise LaunchError(f"recipe file {candidate} does not exist", hint="give a recipe name (`python -m launch --list`) or an existing YAML file")
         return candidate.resolve()
     known = recipe_paths(directory)
     if name_or_path not in known:
@@ -224,9 +241,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise LaunchError(f"{path}: not valid YAML text: {err}", hint="a recipe is UTF-8 YAML; fix or rewrite the file")
     except OSError as err:
-        raise LaunchError(f"cannot read recipe {path}: {err.strerror}")
+        raise LaunchError(f"cannot read recipe {path}: {err.strerror}", hint="give a readable YAML file")
     if not isinstance(data, dict):
-        raise LaunchError(f"{path}: a recipe is a YAML mapping (key: value), not {type(data).__name__}")
+        raise LaunchError(f"{path}: a recipe is a YAML mapping (key: value), not {type(data).__name__}", hint="see docs/recipes.md")
     return data
 
 
@@ -273,6 +290,13 @@ def _owner(origin: dict[tuple, Path | str], loc: tuple, default: Path) -> Path |
     return default
 
 
+def _owners(origin: dict[tuple, Path | str], loc: tuple, default: Path) -> list[Path | str]:
+    """Who set the value at `loc`: for a check across a section (`topology`: nodes or replicas), whoever set
+    a field inside it, else the layer that set `loc` or its nearest parent."""
+    inside = [owner for key, owner in origin.items() if len(key) > len(loc) and key[: len(loc)] == loc]
+    return list(dict.fromkeys(inside)) or [_owner(origin, loc, default)]
+
+
 def _where(path: Path | str) -> str:
     """A file relative to the working directory where possible, or an override's own text."""
     if isinstance(path, str):
@@ -290,36 +314,50 @@ def validate(data: dict[str, Any], path: Path, origin: dict[tuple, Path | str] |
     except ValidationError as err:
         lines = []
         for problem in err.errors():
-            loc = tuple(problem["loc"])
+            loc = tuple(p for p in problem["loc"] if p != "[key]")  # a mapping's key is reported under it
             key = ".".join(str(p) for p in loc) or "(top level)"
-            file = _where(_owner(origin, loc, path))
+            who = ", ".join(_where(owner) for owner in _owners(origin, loc, path))
             message = "unknown key (not part of the recipe schema)" if problem["type"] == "extra_forbidden" else problem["msg"]
-            lines.append(f"{file}: {key}: {message}")
+            lines.append(f"{who}: {key}: {message}")
         raise LaunchError(
             f"recipe {_where(path)} is invalid:\n  " + "\n  ".join(lines),
             hint="see docs/recipes.md for every field",
         )
 
 
+def _option_problems(args: dict[str, Any], section: tuple[str, ...], table: OptionTable, path: Path,
+                     origin: dict[tuple, Path | str]) -> tuple[list[str], list[str]]:  # fmt: skip
+    """The command-line tokens of a `server_args` mapping found at `section`, and one line per entry SGLang
+    would reject, naming the layer that set it. A `null` (a stand-in removing an option) is checked by name."""
+
+    def problem(key: str, message: str) -> str:
+        return f"{_where(_owner(origin, (*section, key), path))}: {'.'.join(section)}.{key}: {message}"
+
+    problems = [problem(key, f"set by the recipe's {OWNED_OPTIONS[key]} instead") for key in args if key in OWNED_OPTIONS]
+    for key in [k for k, v in args.items() if v is None and k not in OWNED_OPTIONS]:
+        try:
+            table.lookup(key)
+        except ServerArgError as err:
+            problems.append(problem(key, str(err)))
+    try:
+        cli = table.to_cli({k: v for k, v in args.items() if k not in OWNED_OPTIONS and v is not None})
+    except ExceptionGroup as group:
+        problems += [problem(err.key, str(err)) for err in group.exceptions if isinstance(err, ServerArgError)]
+        cli = []
+    return cli, problems
+
+
 def check_server_args(recipe: Recipe, path: Path, origin: dict[tuple, Path | str] | None = None) -> tuple[list[str], OptionTable]:
+    """The server's command-line tokens; LaunchError if SGLang would reject `server_args` or an option any
+    stand-in sets (each stand-in is checked here, whether or not `--stand-in` asks for it)."""
     origin = origin or {}
     try:
         table = option_table(recipe.sglang.version)
     except FileNotFoundError as err:
         raise LaunchError(f"{_where(path)}: sglang.version: {err}")
-    problems: list[str] = []
-    owned = [k for k in recipe.server_args if k in OWNED_OPTIONS]
-    for key in owned:
-        file = _where(_owner(origin, ("server_args", key), path))
-        problems.append(f"{file}: server_args.{key}: set by the recipe's {OWNED_OPTIONS[key]} instead")
-    try:
-        cli = table.to_cli({k: v for k, v in recipe.server_args.items() if k not in OWNED_OPTIONS})
-    except ExceptionGroup as group:
-        for err in group.exceptions:
-            assert isinstance(err, ServerArgError)
-            file = _where(_owner(origin, ("server_args", err.key), path))
-            problems.append(f"{file}: server_args.{err.key}: {err}")
-        cli = []
+    cli, problems = _option_problems(recipe.server_args, ("server_args",), table, path, origin)
+    for arch, entry in recipe.stand_ins.items():
+        problems += _option_problems(entry.server_args, ("stand_ins", arch, "server_args"), table, path, origin)[1]
     refused = violations(recipe.server_args) if not problems else []
     if refused:
         raise LaunchError(
@@ -336,14 +374,15 @@ def check_server_args(recipe: Recipe, path: Path, origin: dict[tuple, Path | str
     return cli, table
 
 
-ARCH = re.compile(r"^(sm\d{2,3}|gfx[0-9a-f]{3,4})$")
-
-
 @dataclass(frozen=True)
 class Substitution:
     key: str  # server_args.<option>, env.<VAR> or hardware.<field>
     card: Any  # the recipe's value (None: not set)
     stand_in: Any  # the stand-in's (None: removed)
+
+
+def _vendor(arch: str) -> str:
+    return "nvidia" if arch.startswith("sm") else "amd"
 
 
 def stand_in_layer(data: dict[str, Any], arch: str, path: Path) -> tuple[dict[str, Any], list[Substitution]]:
@@ -353,14 +392,15 @@ def stand_in_layer(data: dict[str, Any], arch: str, path: Path) -> tuple[dict[st
         raise LaunchError(f"--stand-in {arch}: not a GPU architecture name", hint="e.g. --stand-in sm90 (H100/H200) or gfx942 (MI300X)")
     hardware = data.get("hardware") if isinstance(data.get("hardware"), dict) else {}
     stand_ins = data.get("stand_ins") if isinstance(data.get("stand_ins"), dict) else {}
-    if arch in (hardware.get("archs") or []):
-        return data, []
+    archs, vendor = hardware.get("archs") or [], hardware.get("vendor")
+    if arch in archs or (not archs and vendor in ("any", _vendor(arch))):
+        return data, []  # the recipe runs there as written
     entry = stand_ins.get(arch)
-    if not isinstance(entry, dict):
-        listed = ", ".join(sorted(stand_ins)) or "none"
+    if not isinstance(entry, dict):  # not listed (an entry of another type was refused when validated)
+        runs_on = ", ".join(archs) if archs else f"any {vendor} GPU"
         raise LaunchError(
-            f"{_where(path)}: stand_ins: no stand-in for {arch} (the recipe runs on {', '.join(hardware.get('archs') or ['?'])}; "
-            f"stand-ins: {listed})",
+            f"{_where(path)}: stand_ins: no stand-in for {arch} (the recipe runs on {runs_on}; "
+            f"stand-ins: {', '.join(sorted(stand_ins)) or 'none'})",
             hint=f"rehearse on an architecture it lists, or add stand_ins.{arch} to the recipe (docs/recipes.md)",
         )
     merged, changes = copy.deepcopy(data), []
@@ -373,8 +413,7 @@ def stand_in_layer(data: dict[str, Any], arch: str, path: Path) -> tuple[dict[st
                 target.pop(key, None)
             else:
                 target[key] = value
-    vendor = "nvidia" if arch.startswith("sm") else "amd"
-    new_hardware = {**hardware, "vendor": vendor, "archs": [arch], "gpu_names": []}
+    new_hardware = {**hardware, "vendor": _vendor(arch), "archs": [arch], "gpu_names": []}
     if entry.get("min_memory_gib") is not None:
         new_hardware["min_memory_gib"] = entry["min_memory_gib"]
     changes += [Substitution(f"hardware.{k}", hardware.get(k), v) for k, v in new_hardware.items()
@@ -383,22 +422,41 @@ def stand_in_layer(data: dict[str, Any], arch: str, path: Path) -> tuple[dict[st
     return merged, changes
 
 
-def load_recipe(name_or_path: str, overrides: list[str] = (), directory: Path = RECIPES_DIR,
+def load_recipe(name_or_path: str, overrides: list[str | Override] = (), directory: Path = RECIPES_DIR,
                 stand_in: str | None = None) -> LoadedRecipe:  # fmt: skip
-    """Read, merge, rehearse on another architecture (`--stand-in ARCH`), override (`--set KEY=VALUE`), and
-    validate a recipe; LaunchError on any problem."""
-    from launch.overrides import apply_overrides
-
+    """Read, merge, override (`--set KEY=VALUE`), validate (stand-ins included), rehearse on another
+    architecture (`--stand-in ARCH`; `--set` still wins) and validate again; LaunchError on any problem."""
     path = resolve(name_or_path, directory)
     origin: dict[tuple, Path | str] = {}
-    data = read_layers(path, origin)
-    substitutions: list[Substitution] = []
-    if stand_in is not None:
-        data, substitutions = stand_in_layer(data, stand_in, path)
-        for change in substitutions:
-            origin[tuple(change.key.split(".", 1))] = f"{_where(path)} stand_ins.{stand_in}"
-    data = apply_overrides(data, overrides, origin)
+    written = read_layers(path, origin)
+    sglang = written.get("sglang")
+    takes_text = _text_options(sglang.get("version") if isinstance(sglang, dict) else None)
+    data = apply_overrides(written, overrides, origin, takes_text)
     recipe = validate(data, path, origin)
     cli, table = check_server_args(recipe, path, origin)
+    substitutions: list[Substitution] = []
+    if stand_in is not None:
+        rehearsed, substitutions = stand_in_layer(data, stand_in, path)
+        for change in substitutions:
+            origin[tuple(change.key.split(".", 1))] = f"{_where(path)} stand_ins.{stand_in}"
+        if substitutions:
+            data = apply_overrides(rehearsed, overrides, origin, takes_text)  # --set wins over the stand-in
+            recipe = validate(data, path, origin)
+            cli, table = check_server_args(recipe, path, origin)
     return LoadedRecipe(name=path.stem, path=path, recipe=recipe, server_cli=cli, options=table, origin=origin,
                         substitutions=substitutions)  # fmt: skip
+
+
+def _text_options(version: Any) -> Callable[[str], bool]:
+    """Whether an SGLang option of `version` takes one string (so `--set host=::` is text, not YAML)."""
+    tables: list[OptionTable] = []  # read on the first --set of an option, once
+
+    def takes_text(name: str) -> bool:
+        try:
+            tables[:] = tables or [option_table(str(version))]
+            option = tables[0].lookup(name)
+        except (FileNotFoundError, ServerArgError):
+            return False  # reported when the recipe is checked
+        return option.takes == "value" and option.type == "str"
+
+    return takes_text

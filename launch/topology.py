@@ -27,10 +27,11 @@ _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 def node_plan(loaded: LoadedRecipe, model_path: str, log_dir: Path, node_rank: int, dist_init_addr: str) -> server.ServerPlan:
     nodes = loaded.recipe.topology.nodes
     if not 0 <= node_rank < nodes:
-        raise LaunchError(f"--node-rank {node_rank}: recipe {loaded.name} spans {nodes} nodes, ranks 0 to {nodes - 1}")
+        raise LaunchError(f"--node-rank {node_rank}: recipe {loaded.name} spans {nodes} nodes, ranks 0 to {nodes - 1}",
+                          hint="give this host's rank in that range")  # fmt: skip
     match = _ADDRESS.match(dist_init_addr)
     if not match or not 0 < int(match.group(2)) < 65536:
-        raise LaunchError(f"--dist-init-addr {dist_init_addr}: expected HOST:PORT of the node-rank 0 host, e.g. 10.0.0.1:5000")
+        raise LaunchError(f"--dist-init-addr {dist_init_addr}: expected HOST:PORT", hint="the node-rank 0 host's address and a free port, e.g. 10.0.0.1:5000")
     extra = ("--nnodes", str(nodes), "--node-rank", str(node_rank), "--dist-init-addr", dist_init_addr)
     plan = server.plan(loaded, model_path, log_dir, extra=extra, label=f"node{node_rank}")
     return dataclasses.replace(plan, health=node_rank == 0)

@@ -68,11 +68,21 @@ def render(report: Report, console: Console, max_problems: int) -> None:
         console.print(f"  ... and {len(report.problems) - max_problems} more (--max-problems, or --json for all)")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give how many problems to print, e.g. 40") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count}: give at least 1 problem to print (--json FILE keeps them all)")
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sglang_ext.inspect", description=__doc__.split("\n\n")[1])
     parser.add_argument("path", type=Path, help="checkpoint directory (config.json + *.safetensors)")
     parser.add_argument("--json", type=Path, help="also write the full report as JSON here")
-    parser.add_argument("--max-problems", type=int, default=40, help="problems to print (default 40)")
+    parser.add_argument("--max-problems", type=_at_least_one, default=40, help="problems to print (default 40)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -81,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     render(report, console, args.max_problems)
     console.print(f"checked in {time.perf_counter() - started:.2f} s (headers only)", style="dim")
     if args.json:
-        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+        try:
+            args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            parser.error(f"--json {args.json}: cannot write it ({error.strerror or error}); give a file path in a writable directory")
     return 0 if report.ok else 1
 
 

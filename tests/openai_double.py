@@ -2,8 +2,8 @@
 
 It serves /health, /v1/models, /v1/chat/completions (streaming too), /tokenize and /generate on 127.0.0.1 at a
 free port, records every request body it receives, refuses requests without its API key when given one (as
-SGLang's --api-key does), and misbehaves on demand (HTTP 500s, malformed JSON, slow answers) so that tests
-can check what the eval tools do about it.
+SGLang's --api-key does), and misbehaves on demand (HTTP 500s, malformed JSON, slow answers, dying mid-run) so
+that tests can check what the eval tools do about it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Faults:
     fail_first: int = 0  # 500 for the first N chat requests, then answer
     malformed: bool = False  # 200 with a body that is not JSON
     delay_s: float = 0.0  # sleep before answering each chat request
+    die_after: int | None = None  # answer this many chat requests, then hang up and stop listening (kill -9)
 
 
 @dataclass
@@ -67,11 +68,19 @@ class OpenAIDouble:
         with self._lock:
             return [self.vocab.setdefault(word, len(self.vocab) + 1) for word in text.split(" ")]
 
-    def _chat_reply(self, body: dict[str, Any]) -> tuple[int, bytes, str]:
+    def _die(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _chat_reply(self, body: dict[str, Any]) -> tuple[int, bytes, str] | None:
+        """(status, body, content type), or None: hang up without an answer."""
         with self._lock:
             self.chat_bodies.append(body)
             n = len(self.chat_bodies)
         faults = self.faults
+        if faults.die_after is not None and n > faults.die_after:
+            threading.Thread(target=self._die, daemon=True).start()
+            return None
         if faults.delay_s:
             time.sleep(faults.delay_s)
         if n <= faults.fail_first or (faults.fail_after is not None and n > faults.fail_after):
@@ -157,7 +166,11 @@ class OpenAIDouble:
                 if self.path == "/v1/chat/completions" and body.get("stream"):
                     self._stream(body)
                 elif self.path == "/v1/chat/completions":
-                    self._send(*double._chat_reply(body))
+                    reply = double._chat_reply(body)
+                    if reply is None:
+                        self.close_connection = True
+                    else:
+                        self._send(*reply)
                 elif self.path == "/tokenize":
                     tokens = double.token_ids(body["prompt"])
                     reply = {"tokens": tokens, "count": len(tokens), "max_model_len": double.max_model_len}

@@ -15,6 +15,7 @@ from eval.results import Metric  # noqa: E402
 from eval.server import resolve  # noqa: E402
 from launch.recipe import load_recipe  # noqa: E402
 from openai_double import OpenAIDouble  # noqa: E402
+from tests.conftest import all_recipe_names  # noqa: E402
 
 
 def test_defaults_come_from_the_recipe():
@@ -63,6 +64,21 @@ def test_verdict_outside_tolerance_exits_3():
     assert (outside.status, outside.exit_code) == ("fail", 3) and "exit code 3" in outside.text
     none = results.judge(load_recipe("tiny-bf16"), "gsm8k", {})
     assert (none.status, none.exit_code) == ("none", 0) and "no expected gsm8k value" in none.text
+
+
+def test_a_verdict_on_fewer_questions_than_the_card_widens_by_the_samples_stderr_or_abstains():
+    recipe = load_recipe("qwen3.6-35b-int8-h100")  # 95.91 ± 1.0 on GSM8K's 1319 questions
+    metric = "exact_match,flexible-extract"
+    sampled = results.judge(recipe, "gsm8k", {metric: Metric(93.0, 2.0)}, questions=60)
+    assert (sampled.status, sampled.tolerance, sampled.questions) == ("pass", 5.0, 60)
+    assert "= 93 on 60 of the source's 1319 questions, expected 95.91 ± 1 widened to ± 5 by 2 × the sample's standard error 2" in sampled.text
+    assert results.judge(recipe, "gsm8k", {metric: Metric(88.0, 2.0)}, questions=60).status == "fail"
+    full = results.judge(recipe, "gsm8k", {metric: Metric(93.0, 0.7)}, questions=1319)
+    assert (full.status, full.tolerance) == ("fail", 1.0) and "= 93 on 1319 questions, expected 95.91 ± 1 (" in full.text
+    unanimous = results.judge(recipe, "gsm8k", {metric: Metric(100.0, 0.0)}, questions=6)
+    assert (unanimous.status, unanimous.exit_code) == ("none", 0)
+    assert unanimous.text.startswith("no verdict: exact_match,flexible-extract = 100 on 6 of the source's 1319 questions")
+    assert all(e.questions == 1319 for name in all_recipe_names() for e in load_recipe(name).recipe.expected if e.task == "gsm8k")
 
 
 def test_chat_one_shot_streams_reasoning_apart(capsys):

@@ -85,6 +85,15 @@ def test_scores_match_lm_eval_and_the_canned_answers(reference):
     assert doc["verdict"]["status"] == "none"
 
 
+def test_a_limited_run_against_a_card_says_how_many_questions_its_verdict_rests_on(tmp_path: Path):
+    with OpenAIDouble(canned) as double:
+        assert main(["gsm8k", "--recipe", "qwen3.6-35b-int8-h100", "--base-url", double.base_url, "--model", double.model,
+                     "--data-dir", str(GSM8K_DIR), "--limit", str(LIMIT), "--output", str(tmp_path / "out")]) == 0  # fmt: skip
+    verdict = results_of(tmp_path)["verdict"]
+    assert verdict["questions"] == LIMIT and verdict["tolerance"] > 1.0
+    assert f"on {LIMIT} of the source's 1319 questions" in verdict["text"] and "standard error" in verdict["text"]
+
+
 def test_recipe_defaults_thinking_off(reference):
     _, bodies = reference
     assert {b["chat_template_kwargs"]["enable_thinking"] for b in bodies} == {False}
@@ -151,6 +160,46 @@ def test_bad_servers_give_a_clear_error(tmp_path: Path, capsys, faults: Faults, 
     assert rc == 1
     assert message in err and "Traceback" not in err
     assert len(double.chat_bodies) == 2  # --max-retries 2
+
+
+@pytest.mark.parametrize("faults", [Faults(fail_after=1), Faults(die_after=1)], ids=["http-500", "killed"])
+def test_a_server_dying_mid_run_is_one_error_and_one_fix(tmp_path: Path, faults: Faults):
+    # A process of its own, as a user runs it: what lm-eval's leftover request tasks print at exit shows too.
+    import subprocess
+    import sys
+
+    with OpenAIDouble(canned, faults=faults) as double:
+        done = subprocess.run([sys.executable, "-m", "eval", "gsm8k", "--recipe", "tiny-bf16", "--base-url", double.base_url,
+                               "--data-dir", str(GSM8K_DIR), "--limit", str(LIMIT), "--concurrency", str(LIMIT),
+                               "--max-retries", "2", "--output", str(tmp_path / "out")],
+                              cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)  # fmt: skip
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "never retrieved" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.count("error:") == 1 and done.stderr.count("fix:") == 1, done.stderr[-3000:]
+    error = next(i for i, line in enumerate(lines) if "error:" in line)
+    assert lines[error].startswith(f"error: requests to {double.base_url} kept failing (2 tries)"), lines[error]
+    assert lines[error + 1] == f"  fix: 1 answers are kept in {tmp_path / 'out' / 'responses.jsonl'}; fix the server, " \
+        f"then rerun with --resume {tmp_path / 'out'} to send only the rest"
+    assert "Requesting API" not in "".join(lines[error:])  # no progress bar drawn after the error
+    journal = (tmp_path / "out" / "responses.jsonl").read_text().splitlines()
+    assert len(journal) == 1 and json.loads(journal[0])["response"]["choices"]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--limit", "0", "--limit 0: input should be greater than or equal to 1"),
+    ("--limit", "-5", "--limit -5: input should be greater than or equal to 1"),
+    ("--concurrency", "0", "--concurrency 0: input should be greater than or equal to 1"),
+    ("--max-tokens", "0", "--max-tokens 0: input should be greater than or equal to 1"),
+    ("--max-retries", "0", "--max-retries 0: input should be greater than or equal to 1"),
+    ("--timeout", "-1", "--timeout -1: input should be greater than 0"),
+])  # fmt: skip
+def test_numbers_out_of_range_are_a_usage_error_before_anything_is_sent_or_written(tmp_path: Path, capsys, flag, value, message):
+    with OpenAIDouble(canned) as double:
+        assert run(tmp_path, double.base_url, flag, value) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}\n  fix: ") and "Traceback" not in err, err
+    assert not double.chat_bodies and not (tmp_path / "out").exists()  # so the corrected rerun is not refused
 
 
 def test_unreachable_server_names_the_url_and_the_launcher(tmp_path: Path, capsys):

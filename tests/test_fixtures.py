@@ -260,3 +260,50 @@ def test_the_397b_routed_tiny_shape_is_a_valid_checkpoint_in_every_format(tmp_pa
     assert text["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]  # the 397B's 3:1
     report = check_checkpoint(checkpoint)
     assert report.ok, report.problems[:3]
+
+
+def test_each_format_stores_the_mtp_experts_as_its_checkpoint_family_does(fixtures_root: Path) -> None:
+    text = read_json(fixtures_root / "bf16" / "config.json")["text_config"]
+    experts, hidden, inter = text["num_experts"], text["hidden_size"], text["moe_intermediate_size"]
+    for fmt in FORMATS:
+        header = safetensors_header(fixtures_root / fmt / "model.safetensors")
+        per_expert = [name for name in header if name.startswith("mtp.layers.0.mlp.experts.0.")]
+        excluded = json.dumps(read_json(fixtures_root / fmt / "config.json").get("quantization_config", {}))
+        if fmt in fixtures.QWEN3_6_FORMATS:  # Qwen3.6: fused 3-D, as Qwen/Qwen3.6-35B-A3B stores them
+            assert header["mtp.layers.0.mlp.experts.gate_up_proj"]["shape"] == [experts, 2 * inter, hidden], fmt
+            assert header["mtp.layers.0.mlp.experts.down_proj"]["shape"] == [experts, hidden, inter], fmt
+            assert not per_expert and "mtp.layers.0.mlp.experts.0." not in excluded, fmt
+            assert "mtp.layers.0.self_attn.q_proj" in excluded  # the MTP head stays BF16 (SGLang: an mtp.* exclude)
+        else:  # Qwen3.5: per expert
+            assert len(per_expert) == 3 and "mtp.layers.0.mlp.experts.gate_up_proj" not in header, fmt
+    assert fixtures.QWEN3_6_FORMATS == ("quark-w8a8-int8",)
+
+
+def test_the_int8_recipe_and_cli_default_to_qwen36s_layout_and_either_can_ask_for_the_other(tmp_path: Path, capsys) -> None:
+    from launch.__main__ import _model_path
+    from launch.recipe import load_recipe
+
+    assert load_recipe("tiny-int8").recipe.model.fixture_mtp_experts == "fused"
+    assert "-mtpfused-" in _model_path(load_recipe("tiny-int8"), materialize=False)
+    assert "-mtpfused-" not in _model_path(load_recipe("tiny-bf16"), materialize=False)
+    assert fixtures.fixture_dir("quark-w8a8-int8") == fixtures.fixture_dir("quark-w8a8-int8", variant=fixtures.Variant(mtp_fused_experts=True))
+    assert cli_main([str(tmp_path / "int8"), "--format", "quark-w8a8-int8", "--mtp-experts", "per-expert"]) == 0
+    assert "mtp.layers.0.mlp.experts.0.gate_proj.weight" in safetensors_header(tmp_path / "int8" / "model.safetensors")
+    assert read_json(tmp_path / "int8" / STAMP_FILE)["mtp_fused_experts"] is False
+
+
+def test_a_file_in_the_way_is_named_once(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    for outdir, says in ((blocker, f"{blocker} is a file"), (blocker / "sub", f"{blocker / 'sub'}: its parent {blocker} is a file")):
+        with pytest.raises(SystemExit) as exited:
+            cli_main([str(outdir)])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and f"error: {says}, not a directory" in err
+        assert err.count(str(blocker)) == 1 + (outdir != blocker), err
+
+
+def test_every_file_of_a_checkpoint_gets_the_same_mode(fixtures_root: Path) -> None:
+    for fmt in FORMATS:
+        modes = {path.name: oct(path.stat().st_mode & 0o777) for path in (fixtures_root / fmt).iterdir()}
+        assert set(modes.values()) == {modes["config.json"]}, (fmt, modes)

@@ -292,3 +292,12 @@ def test_a_config_field_of_the_wrong_type_or_size_is_named(fixtures_root: Path, 
     found = problems(corrupt(fixtures_root / "bf16", tmp_path / "c", config=damage))
     assert any("text_config.num_experts: Input should be less than or equal to 4096" in p for p in found), found
     assert any("text_config.hidden_size: Input should be a valid integer" in p for p in found), found
+
+
+def test_a_missing_directory_or_a_file_is_named_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert problems(tmp_path / "nope") == [": no such directory: point at the checkpoint directory (config.json + *.safetensors)"]
+    (tmp_path / "file").write_text("")
+    assert problems(tmp_path / "file") == [": a file, not a directory: point at the checkpoint directory (config.json + *.safetensors)"]
+    assert inspect_main([str(tmp_path / "nope")]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'nope'}: no such directory" in out and out.count(str(tmp_path / "nope")) == 1

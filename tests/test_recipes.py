@@ -240,6 +240,62 @@ def test_an_unknown_or_unlisted_architecture_is_refused(arch: str, message: str)
         load_recipe("qwen3.5-397b-mxfp4-fse-mi355x", stand_in=arch)
 
 
+@pytest.mark.parametrize(("stand_in", "message"), [
+    ("sm99x: {why: typo}", "stand_ins.sm99x: Value error, 'sm99x' is not a GPU architecture name"),
+    ("sm90: {why: typo, server_args: {attention-backendd: triton}}",
+     "stand_ins.sm90.server_args.attention-backendd: SGLang 0.5.17 has no option '--attention-backendd'; did you mean 'attention-backend'?"),
+    ("sm90: {why: typo, server_args: {attention-backend: tritonn}}", "stand_ins.sm90.server_args.attention-backend: 'attention-backend' must be one of"),
+    ("sm90: {why: typo, server_args: {mem-fraction-statik: null}}", "stand_ins.sm90.server_args.mem-fraction-statik: SGLang 0.5.17 has no option"),
+    ("sm90: triton please", "stand_ins.sm90: Input should be a valid dictionary"),
+])  # fmt: skip
+def test_every_stand_in_is_checked_at_load_as_server_args_are(recipes_dir: Path, stand_in: str, message: str):
+    from launch import __main__ as cli
+
+    path = _write(recipes_dir, "rehearsed.yaml", f"extends: tiny-bf16.yaml\nhardware: {{vendor: amd, archs: [gfx950], gpu_count: 1}}\n"
+                  f"stand_ins:\n  {stand_in}\n")  # fmt: skip
+    error = _error("rehearsed", recipes_dir)
+    assert f"rehearsed.yaml: {message}" in error, error
+    assert "no stand-in for" not in _error("rehearsed", recipes_dir)  # the same error when --stand-in names it
+    with pytest.raises(LaunchError) as caught:
+        load_recipe("rehearsed", directory=recipes_dir, stand_in="sm90")
+    assert message in str(caught.value)
+    assert cli.main([str(path), "--dry-run"]) == 1
+
+
+def test_a_recipe_for_any_gpu_is_rehearsed_as_written_and_a_vendors_says_so():
+    anywhere = load_recipe("tiny-bf16", stand_in="sm90")
+    assert anywhere.substitutions == [] and anywhere.server_cli == load_recipe("tiny-bf16").server_cli
+    with pytest.raises(LaunchError) as caught:
+        load_recipe("tiny-bf16", ["hardware.vendor=nvidia"], stand_in="gfx942")
+    assert "no stand-in for gfx942 (the recipe runs on any nvidia GPU; stand-ins: none)" in str(caught.value)
+    assert load_recipe("tiny-bf16", ["hardware.vendor=nvidia"], stand_in="sm120").substitutions == []
+
+
+def test_errors_blame_the_layer_that_set_the_value(recipes_dir: Path):
+    from launch.overrides import Override
+
+    both = _error("tiny-bf16", recipes_dir, ["topology.nodes=2", Override("topology.replicas=2", "--replicas 2")])
+    assert "  --set topology.nodes=2, --replicas 2: topology: Value error, replicas of a multi-node server" in both
+    assert "tiny-bf16.yaml" not in both.split("\n", 1)[1]
+    zero = _error("tiny-bf16", recipes_dir, [Override("topology.replicas=0", "--replicas 0")])
+    assert "  --replicas 0: topology.replicas: Input should be greater than or equal to 1" in zero
+    _write(recipes_dir, "base/topology.yaml", "topology: {nodes: 2}\n")
+    _write(recipes_dir, "two-hosts.yaml", "extends: tiny-bf16.yaml\n")
+    (recipes_dir / "tiny-bf16.yaml").write_text("extends: base/topology.yaml\n" + (recipes_dir / "tiny-bf16.yaml").read_text())
+    layered = _error("two-hosts", recipes_dir, [Override("topology.replicas=2", "--replicas 2")])
+    assert "base/topology.yaml, --replicas 2: topology: Value error" in layered
+
+
+def test_set_values_are_read_by_the_fields_type():
+    loaded = load_recipe("tiny-bf16", ["host=::", "title=yes", "model.served_name=1e3", "sglang.version=0.5.17",
+                                       "tp-size=2", "mem-fraction-static=0.5", "env.FLAG=on", "grammar-backend=null"])  # fmt: skip
+    assert loaded.recipe.host == "::" and loaded.server_cli[loaded.server_cli.index("--host") + 1] == "::"
+    assert (loaded.recipe.title, loaded.recipe.model.served_name, loaded.recipe.env["FLAG"]) == ("yes", "1e3", "on")
+    assert loaded.recipe.server_args["tp-size"] == 2 and loaded.recipe.server_args["mem-fraction-static"] == 0.5
+    assert "grammar-backend" not in loaded.recipe.server_args
+    assert load_recipe("tiny-bf16", ["model.fixture=null", "model.path=/models/a: b"]).recipe.model.path == "/models/a: b"
+
+
 def test_the_cli_prints_each_substitution_beside_the_card_value():
     import subprocess
     import sys

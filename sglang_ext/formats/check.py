@@ -98,6 +98,10 @@ def checkpoint_scheme(path: Path) -> tuple[Scheme | None, dict[str, Any], dict[s
 
 
 def _read_configs(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    if not path.exists():
+        raise HeaderError("no such directory: point at the checkpoint directory (config.json + *.safetensors)")
+    if not path.is_dir():
+        raise HeaderError("a file, not a directory: point at the checkpoint directory (config.json + *.safetensors)")
     config_path = path / CONFIG_FILE
     if not config_path.exists():
         raise HeaderError(f"no {CONFIG_FILE} in {path}: point at the checkpoint directory")
