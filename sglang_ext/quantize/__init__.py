@@ -10,9 +10,12 @@ into the same OUT checks them by size and sha256 and writes only the rest, byte 
 the crash would have.
 """
 
+import errno
 import resource
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from sglang_ext.formats.check import CONFIG_FILE, side_files
 from sglang_ext.formats.safetensors_headers import INDEX_FILE
 from sglang_ext.quantize.manifest import PROGRESS_FILE, RECORD_FILE, Job, Progress, Record, ShardRecord
 from sglang_ext.quantize.manifest import make_job, read_progress, write_atomic
-from sglang_ext.quantize.shards import DiskFull, ShardPlan, Unit, file_sha256, plan_shards, write_shard
+from sglang_ext.quantize.shards import ShardPlan, Unit, file_sha256, plan_shards, write_shard
 from sglang_ext.quantize.source import QuantizeError, Source
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # save_pretrained's default "5GB"
@@ -38,6 +41,17 @@ __all__ = ["QuantizeError", "Record", "quantize"]
 def _options_record(options: encoders.Options) -> dict[str, Any]:
     scales = next(name for name, rule in SCALE_RULES.items() if rule is options.scales)
     return {"scales": scales, "fuse_shared_expert": options.fuse_shared_expert, "input_amax": options.input_amax}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set: VmHWM, which starts afresh at exec (ru_maxrss keeps the peak of the
+    process that forked it, a whole pytest run for a subprocess)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kib) * 1024
 
 
 def _finished_shards(out: Path, job: Job) -> dict[str, ShardRecord]:
@@ -100,6 +114,24 @@ def quantize(
     job = make_job(src, source.files, fmt, _options_record(options), max_shard_bytes)
     finished = _finished_shards(out, job)
     _check_free_space(out, sum(shard.nbytes for shard in shards if shard.name not in finished))
+    with _no_space_is_one_line(out):
+        return _write(src, out, source, encoder, plan, shards, job, finished, show_progress, started)
+
+
+@contextmanager
+def _no_space_is_one_line(out: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(out).free / 1e9
+        raise QuantizeError(f"{out}: no space left on device ({free:.1f} GB free): free space, then rerun the same command to resume") from None
+
+
+def _write(src: Path, out: Path, source: Source, encoder: encoders.Encoder, plan: encoders.Plan, shards: list[ShardPlan],
+           job: Job, finished: dict[str, ShardRecord], show_progress: bool, started: float) -> Record:  # fmt: skip
+    """Write the shards `finished` lacks, then the index, configs, side files and the record."""
     progress = Progress(job=job, shards=list(finished.values()))
     write_atomic(out / PROGRESS_FILE, progress)
 
@@ -109,18 +141,14 @@ def quantize(
 
     shard_bytes = {shard.name: sum(read_bytes(unit) for unit in shard.units) for shard in shards}
     bar = tqdm(total=sum(shard_bytes.values()), initial=sum(shard_bytes[name] for name in finished), unit="B",
-               unit_scale=True, unit_divisor=1024, desc=f"BF16 -> {fmt}", disable=not show_progress)  # fmt: skip
+               unit_scale=True, unit_divisor=1024, desc=f"BF16 -> {encoder.name}", disable=not show_progress)  # fmt: skip
     try:
         for shard in shards:
             if shard.name in finished:
                 continue
             bar.set_postfix_str(shard.name)
-            try:
-                size, sha256 = write_shard(out / shard.name, shard, lambda unit: encoder.unit_tensors(unit, source.tensor),
-                                           lambda unit: bar.update(read_bytes(unit)))  # fmt: skip
-            except DiskFull as error:
-                free = shutil.disk_usage(out).free / 1e9
-                raise QuantizeError(f"{out}: {error.strerror} ({free:.1f} GB free); free space and rerun to resume") from None
+            size, sha256 = write_shard(out / shard.name, shard, lambda unit: encoder.unit_tensors(unit, source.tensor),
+                                       lambda unit: bar.update(read_bytes(unit)))  # fmt: skip
             progress.shards.append(ShardRecord(name=shard.name, size=size, sha256=sha256))
             write_atomic(out / PROGRESS_FILE, progress)
     finally:
@@ -143,9 +171,8 @@ def quantize(
         source_bytes=sum(shard_bytes.values()),
         output_bytes=sum(shard.nbytes for shard in shards),
         seconds=round(time.perf_counter() - started, 3),
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=peak_rss_bytes(),
     )
     write_atomic(out / RECORD_FILE, record)
     (out / PROGRESS_FILE).unlink()
     return record
-

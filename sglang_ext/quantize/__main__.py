@@ -1,11 +1,13 @@
 """python -m sglang_ext.quantize SRC OUT --to FORMAT [--fuse-shared-expert] [--scales max|mse] [--input-amax A]
-[--max-shard-size 5GB]: quantize a local BF16 Qwen3.5/3.6-MoE checkpoint, streaming and resumable (rerun the
+[--max-shard-size 5GB] [--threads 1]: quantize a local BF16 Qwen3.5/3.6-MoE checkpoint, streaming and resumable (rerun the
 same command after a crash)."""
 
 import argparse
 import re
 import sys
 from pathlib import Path
+
+import torch
 
 from sglang_ext.formats.encoders import FORMATS, Options
 from sglang_ext.quantize import DEFAULT_MAX_SHARD_BYTES, SCALE_RULES, QuantizeError, quantize
@@ -50,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                              "(this tool does not calibrate)")  # fmt: skip
     parser.add_argument("--max-shard-size", type=_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
                         help="largest output shard (default 5GB)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: a Linear or one expert is too small for more to pay; measured "
+                             "slower with 2 on a 2-core machine)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    torch.set_num_threads(max(args.threads, 1))
     options = Options(scales=SCALE_RULES[args.scales], fuse_shared_expert=args.fuse_shared_expert, input_amax=args.input_amax)
     try:
         record = quantize(args.src, args.out, args.fmt, options, max_shard_bytes=args.max_shard_size,

@@ -7,7 +7,6 @@ padded with spaces to 8 bytes, tensors back to back), which `safe_open` and SGLa
 sha256 is computed over the bytes as they are written.
 """
 
-import errno
 import hashlib
 import json
 import math
@@ -74,15 +73,11 @@ def header(tensors: list[ExpectedTensor]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-class DiskFull(OSError):
-    pass
-
-
 def write_shard(path: Path, shard: ShardPlan, produce: Callable[[Unit], dict[str, torch.Tensor]],
                 done: Callable[[Unit], None]) -> tuple[int, str]:  # fmt: skip
     """Write `shard` to `path` through `path.partial` (renamed when complete and synced), computing each unit's
-    tensors with `produce` and calling `done` after each; returns (size, sha256). A full disk raises DiskFull
-    and leaves no partial file."""
+    tensors with `produce` and calling `done` after each; returns (size, sha256). A failure (a full disk
+    included) leaves no partial file."""
     partial = path.with_name(path.name + ".partial")
     digest = hashlib.sha256()
     try:
@@ -105,11 +100,6 @@ def write_shard(path: Path, shard: ShardPlan, produce: Callable[[Unit], dict[str
             file.flush()
             os.fsync(file.fileno())
         partial.rename(path)
-    except OSError as error:
-        partial.unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
-            raise DiskFull(errno.ENOSPC, f"disk full while writing {path.name}") from None
-        raise
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
