@@ -29,20 +29,25 @@ def ct_export(w: torch.Tensor) -> dict[str, torch.Tensor]:
     return MXFP4PackedCompressor.compress(state, scheme)
 
 
-def quark_export(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quark's static MXFP4 weight export: observer, then StaticScaledRealQuantizer
-    (scaled_real_quantize + Pack_fp4.pack + to_e8m0_uint8)."""
+def _quark_static_export(spec, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Quark's static weight export: observer, then StaticScaledRealQuantizer.to_real_quantize_params (for MXFP4
+    scaled_real_quantize + Pack_fp4.pack + to_e8m0_uint8), the scale as exported."""
     from quark.torch.export.nn.modules.realquantizer import StaticScaledRealQuantizer
-    from quark.torch.quantization.config.config import OCP_MXFP4Spec
     from quark.torch.quantization.tensor_quantize import FakeQuantizeBase
 
-    spec = OCP_MXFP4Spec(ch_axis=-1, is_dynamic=False).to_quantization_spec()
     fake = FakeQuantizeBase.get_fake_quantize(spec, CPU)
     fake(w)
     real = StaticScaledRealQuantizer(spec, fake, reorder=False, real_quantized=False, float_dtype=w.dtype, device=CPU)
-    packed = real.to_real_quantize_params(w)
+    quantized = real.to_real_quantize_params(w)
     real.maybe_convert_and_transpose_scale()
-    return packed, real.scale
+    return quantized, real.scale
+
+
+def quark_export(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quark's static MXFP4 weight export: (packed, E8M0 scales)."""
+    from quark.torch.quantization.config.config import OCP_MXFP4Spec
+
+    return _quark_static_export(OCP_MXFP4Spec(ch_axis=-1, is_dynamic=False).to_quantization_spec(), w)
 
 
 def modelopt_export(w: torch.Tensor, weight_scale_2: torch.Tensor | None = None) -> nvfp4.NVFP4Weight:
@@ -57,18 +62,10 @@ def modelopt_export(w: torch.Tensor, weight_scale_2: torch.Tensor | None = None)
 
 
 def quark_weight_export(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quark's static per-channel export: observer -> StaticScaledRealQuantizer.to_real_quantize_params."""
-    from quark.torch.export.nn.modules.realquantizer import StaticScaledRealQuantizer
+    """Quark's static per-channel INT8 weight export: (int8 codes, scales)."""
     from quark.torch.quantization.config.config import Int8PerChannelSpec
-    from quark.torch.quantization.tensor_quantize import FakeQuantizeBase
 
-    spec = Int8PerChannelSpec(ch_axis=0, symmetric=True, is_dynamic=False).to_quantization_spec()
-    fake = FakeQuantizeBase.get_fake_quantize(spec, CPU)
-    fake(w)
-    real = StaticScaledRealQuantizer(spec, fake, reorder=False, real_quantized=False, float_dtype=w.dtype, device=CPU)
-    q = real.to_real_quantize_params(w)
-    real.maybe_convert_and_transpose_scale()
-    return q, real.scale
+    return _quark_static_export(Int8PerChannelSpec(ch_axis=0, symmetric=True, is_dynamic=False).to_quantization_spec(), w)
 
 
 def quark_mxfp4_config() -> dict:
