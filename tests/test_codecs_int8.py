@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sglang_ext.codecs import int8
+from vendor_exports import quark_weight_export
 
 needs_quark = pytest.mark.skipif(
     importlib.util.find_spec("quark") is None, reason="amd-quark not installed (pip install -e '.[codecs-test]')"
@@ -32,21 +33,6 @@ def edge_case_weight(dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.float32:
         w = torch.cat([w, torch.randn(2, 96, generator=g) * 1e-39])  # subnormal rows: scale floors at eps
     return w
-
-
-def quark_weight_export(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quark's static per-channel export: observer -> StaticScaledRealQuantizer.to_real_quantize_params."""
-    from quark.torch.export.nn.modules.realquantizer import StaticScaledRealQuantizer
-    from quark.torch.quantization.config.config import Int8PerChannelSpec
-    from quark.torch.quantization.tensor_quantize import FakeQuantizeBase
-
-    spec = Int8PerChannelSpec(ch_axis=0, symmetric=True, is_dynamic=False).to_quantization_spec()
-    fake = FakeQuantizeBase.get_fake_quantize(spec, CPU)
-    fake(w)
-    real = StaticScaledRealQuantizer(spec, fake, reorder=False, real_quantized=False, float_dtype=w.dtype, device=CPU)
-    q = real.to_real_quantize_params(w)
-    real.maybe_convert_and_transpose_scale()
-    return q, real.scale
 
 
 @needs_quark

@@ -9,6 +9,7 @@ import torch
 
 from sglang_ext.codecs import e2m1, mxfp4
 from sglang_ext.codecs.mxfp4 import Producer, ScaleRule
+from vendor_exports import ct_export, ct_scheme, quark_export
 
 needs_ct = pytest.mark.skipif(
     importlib.util.find_spec("compressed_tensors") is None,
@@ -46,24 +47,6 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 
 # --------------------------------------------------------------------------- compressed-tensors
-def ct_scheme():
-    from compressed_tensors.quantization import QuantizationScheme
-    from compressed_tensors.quantization.quant_scheme import MXFP4A16
-
-    return QuantizationScheme(targets=["Linear"], weights=MXFP4A16["weights"])
-
-
-def ct_export(w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """llm-compressor's default path: memoryless min/max observer per group -> MXFP4PackedCompressor.compress."""
-    from compressed_tensors.compressors import MXFP4PackedCompressor
-    from compressed_tensors.quantization.utils.helpers import compute_dynamic_scales_and_zp
-
-    scheme = ct_scheme()
-    scale, zero_point = compute_dynamic_scales_and_zp(value=w, args=scheme.weights, module=None)
-    state = {"weight": w, "weight_scale": scale, "weight_zero_point": zero_point}
-    return MXFP4PackedCompressor.compress(state, scheme)
-
-
 @needs_ct
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_compressed_tensors(dtype: torch.dtype) -> None:
@@ -96,22 +79,6 @@ def test_compressed_tensors_decompress_matches_dequantize() -> None:
 
 
 # --------------------------------------------------------------------------- AMD Quark
-def quark_export(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quark's static MXFP4 weight export: observer, then StaticScaledRealQuantizer
-    (scaled_real_quantize + Pack_fp4.pack + to_e8m0_uint8)."""
-    from quark.torch.export.nn.modules.realquantizer import StaticScaledRealQuantizer
-    from quark.torch.quantization.config.config import OCP_MXFP4Spec
-    from quark.torch.quantization.tensor_quantize import FakeQuantizeBase
-
-    spec = OCP_MXFP4Spec(ch_axis=-1, is_dynamic=False).to_quantization_spec()
-    fake = FakeQuantizeBase.get_fake_quantize(spec, CPU)
-    fake(w)
-    real = StaticScaledRealQuantizer(spec, fake, reorder=False, real_quantized=False, float_dtype=w.dtype, device=CPU)
-    packed = real.to_real_quantize_params(w)
-    real.maybe_convert_and_transpose_scale()
-    return packed, real.scale
-
-
 @needs_quark
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_quark_export(dtype: torch.dtype) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sglang_ext.codecs import nvfp4
+from vendor_exports import modelopt_export, modelopt_input_scale
 
 needs_modelopt = pytest.mark.skipif(
     importlib.util.find_spec("modelopt") is None,
@@ -30,17 +31,6 @@ def edge_case_weight(dtype: torch.dtype) -> torch.Tensor:
     rows.append(torch.cat([ties, -ties, ties * 2**-8, -ties * 2**-8]).reshape(1, 64))
     rows.append(torch.full((1, 64), -0.0))
     return torch.cat(rows).to(dtype)
-
-
-def modelopt_export(w: torch.Tensor, weight_scale_2: torch.Tensor | None = None) -> nvfp4.NVFP4Weight:
-    """``export/quant_utils.py:to_quantized_weight`` for NVFP4 on a dynamic (max-calibrated) weight quantizer."""
-    from modelopt.torch.quantization.qtensor import NVFP4QTensor
-
-    if weight_scale_2 is None:
-        weight_scale_2 = NVFP4QTensor.get_weights_scaling_factor_2(w)
-    scale, _ = NVFP4QTensor.get_weights_scaling_factor(w, nvfp4.BLOCK, weight_scale_2)
-    qtensor, scale_out, scale_2_out = NVFP4QTensor.quantize(w, nvfp4.BLOCK, scale, weight_scale_2)
-    return nvfp4.NVFP4Weight(qtensor._quantized_data, scale_out, scale_2_out)
 
 
 def assert_same(ours: nvfp4.NVFP4Weight, ref: nvfp4.NVFP4Weight) -> None:
@@ -82,20 +72,9 @@ def test_tie_gate_up_matches_modelopt_fusion() -> None:
 
 @needs_modelopt
 def test_input_scale_matches_modelopt() -> None:
-    from modelopt.torch.quantization.qtensor import NVFP4QTensor
-
-    class Quantizer:  # the attributes get_activation_scaling_factor reads
-        is_enabled, maxbound = True, 6.0
-
-        def __init__(self, amax: torch.Tensor) -> None:
-            self.amax = amax
-
-        def export_amax(self) -> torch.Tensor:
-            return self.amax
-
     a, b = torch.tensor(13.7), torch.tensor(21.25)
-    assert torch.equal(nvfp4.input_scale(a), NVFP4QTensor.get_activation_scaling_factor(Quantizer(a)))
-    assert torch.equal(nvfp4.input_scale(a, b), NVFP4QTensor.get_activation_scaling_factor(Quantizer(b)))
+    assert torch.equal(nvfp4.input_scale(a), modelopt_input_scale(13.7))
+    assert torch.equal(nvfp4.input_scale(a, b), modelopt_input_scale(21.25))
 
 
 @needs_modelopt

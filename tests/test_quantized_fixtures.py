@@ -17,6 +17,7 @@ from sglang_ext.codecs import mxfp4
 from sglang_ext.fixtures import FORMATS, write_fixture
 from sglang_ext.fixtures.tensors import unfuse_experts
 from sglang_ext.formats.dequantize import dequantized_state_dict, write_dequantized
+from vendor_exports import assert_ct_block, assert_quark_block, quark_int8_config, quark_mxfp4_config
 
 QUANTIZED = FORMATS[1:]
 L0 = "model.language_model.layers.0"
@@ -38,42 +39,16 @@ def test_same_seed_same_bytes(fixtures_root: Path, fmt: str, tmp_path: Path) -> 
 
 
 def test_quark_mxfp4_block_is_what_quark_writes(fixtures_root: Path) -> None:
-    from quark.torch import LLMTemplate
-
-    template = LLMTemplate(model_type="qwen3_5_moe_fixture", kv_layers_name=["*k_proj", "*v_proj"], q_layer_name="*q_proj")
-    LLMTemplate.register_template(template)
-    exclude = ["lm_head"]
-    quark = LLMTemplate.get("qwen3_5_moe_fixture").get_config(scheme="mxfp4", exclude_layers=exclude).to_dict()
-    ours = config_of(fixtures_root / "quark-mxfp4-fse")["quantization_config"]
-    assert ours["global_quant_config"] == quark["global_quant_config"]
-    assert {k: v for k, v in ours.items() if k not in ("exclude", "version", "export")} == {
-        k: v for k, v in quark.items() if k not in ("exclude", "version")
-    }
+    assert_quark_block(config_of(fixtures_root / "quark-mxfp4-fse")["quantization_config"], quark_mxfp4_config())
 
 
 def test_quark_int8_block_is_what_quark_writes(fixtures_root: Path) -> None:
-    from quark.torch.quantization.config.config import Config, Int8PerChannelSpec, QLayerConfig
-
-    def spec(is_dynamic: bool):  # type: ignore[no-untyped-def]
-        return Int8PerChannelSpec(ch_axis=0, symmetric=True, is_dynamic=is_dynamic).to_quantization_spec()
-
-    quark = Config(global_quant_config=QLayerConfig(weight=spec(False), input_tensors=spec(True))).to_dict()
     ours = config_of(fixtures_root / "quark-w8a8-int8")["quantization_config"]
-    assert ours["global_quant_config"] == quark["global_quant_config"]
+    assert ours["global_quant_config"] == quark_int8_config()["global_quant_config"]
 
 
 def test_compressed_tensors_block_is_what_compressed_tensors_writes(fixtures_root: Path) -> None:
-    from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, preset_name_to_scheme
-
-    ours = config_of(fixtures_root / "ct-mxfp4")["quantization_config"]
-    theirs = QuantizationConfig(
-        config_groups={"group_0": preset_name_to_scheme("MXFP4A16", ["Linear"])},
-        format="mxfp4-pack-quantized",
-        ignore=ours["ignore"],
-        quantization_status=QuantizationStatus.COMPRESSED,
-    )
-    assert {k: v for k, v in ours.items() if k != "version"} == json.loads(json.dumps(theirs.model_dump(), default=str))
-    assert QuantizationConfig.model_validate(ours).format == "mxfp4-pack-quantized"
+    assert_ct_block(config_of(fixtures_root / "ct-mxfp4")["quantization_config"])
 
 
 def test_modelopt_writes_both_config_files(fixtures_root: Path) -> None:

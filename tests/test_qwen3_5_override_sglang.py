@@ -4,9 +4,7 @@ expert. The forward pass needs a GPU: tests/gpu/test_fse_bf16.py. Skipped where 
 
 import json
 import shutil
-import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,54 +12,15 @@ pytest.importorskip("sglang.srt")
 
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from sglang.srt.configs.load_config import LoadConfig  # noqa: E402
-from sglang.srt.configs.model_config import ModelConfig  # noqa: E402
-from sglang.srt.model_loader.weight_utils import get_quant_config  # noqa: E402
 from sglang.srt.models import qwen2_moe, qwen3_5, qwen3_5_mtp  # noqa: E402
 from sglang.srt.models.registry import import_model_classes  # noqa: E402
 from sglang.srt.runtime_context import get_context, get_exec  # noqa: E402
 
 from sglang_ext.models import qwen3_5 as override  # noqa: E402
+from sglang_cpu import cpu_model, sglang_configs, sglang_cpu  # noqa: E402,F401  (fixtures)
 
 NUM_EXPERTS = 8  # the fixture's; the shared expert becomes expert 8
 FORMATS = ("bf16", "quark-mxfp4-fse", "quark-w8a8-int8", "modelopt-nvfp4", "ct-mxfp4")
-
-
-@pytest.fixture(scope="module")
-def sglang_cpu():
-    """A published default ServerArgs and a one-process gloo group: what SGLang's layers read when built."""
-    from sglang.srt.distributed import (
-        destroy_distributed_environment,
-        destroy_model_parallel,
-        init_distributed_environment,
-        initialize_model_parallel,
-    )
-    from sglang.srt.layers.moe import initialize_moe_config
-
-    published = get_context().override_server_args(device="cpu")
-    server_args = published.install()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    init_distributed_environment(
-        backend="gloo", world_size=1, rank=0, local_rank=0, distributed_init_method=f"tcp://127.0.0.1:{port}"
-    )
-    initialize_model_parallel(1)
-    initialize_moe_config(server_args)
-    yield
-    destroy_model_parallel()
-    destroy_distributed_environment()
-    published.restore()
-
-
-def sglang_configs(path: Path):
-    """The HF config and quantization config exactly as SGLang's loader builds them for this checkpoint."""
-    model_config = ModelConfig(str(path))
-    quant_config = None
-    if model_config.quantization:
-        mapping = qwen3_5.Qwen3_5MoeForConditionalGeneration.packed_modules_mapping
-        quant_config = get_quant_config(model_config, LoadConfig(), mapping)
-    return model_config.hf_config, quant_config
 
 
 def test_entry_class_replaces_the_stock_moe_model_only() -> None:
@@ -105,50 +64,6 @@ def test_modelopt_settings_only_in_hf_quant_config_json(sglang_cpu, fixtures_roo
     assert getattr(hf_config, "quantization_config", None) is None and quant_config.get_name() == "modelopt_fp4"
     decision = override.fusion_decision(hf_config, quant_config)
     assert not decision.fuse and "shared_expert" in decision.reason
-
-
-def stock_init_without_kernels(self, config, quant_config=None, prefix="", language_model_cls=None) -> None:
-    """Stands in for SGLang's `Qwen3_5MoeForConditionalGeneration.__init__` on a CPU, which cannot build the
-    GDN and attention kernels or the ViT: the language model's MoE blocks under the parameter names SGLang
-    gives them, each built as the decoder layers build theirs (module-level name, flag read at build time)."""
-    torch.nn.Module.__init__(self)
-    text = config.text_config
-    text.encoder_only = False
-    self.config = text
-    self.pp_group = SimpleNamespace(is_first_rank=True, is_last_rank=True)
-    self.model = torch.nn.Module()
-    self.model.layers = torch.nn.ModuleList()
-    for layer in range(text.num_hidden_layers):
-        decoder_layer = torch.nn.Module()
-        decoder_layer.mlp = qwen3_5.Qwen2MoeSparseMoeBlock(
-            layer_id=layer,
-            config=text,
-            quant_config=quant_config,
-            prefix=f"model.language_model.layers.{layer}.mlp",
-            support_shared_expert_fusion=not qwen3_5._disable_shared_experts_fusion(),
-        )
-        self.model.layers.append(decoder_layer)
-    self.model.start_layer, self.model.end_layer = 0, text.num_hidden_layers
-
-
-@pytest.fixture
-def cpu_model(sglang_cpu, monkeypatch: pytest.MonkeyPatch):
-    """Builds the override model as on CUDA, with `stock_init_without_kernels`, zeroed so an unloaded slot
-    shows; each test gets its own published ServerArgs, since an off decision is published into it."""
-    monkeypatch.setattr(qwen2_moe, "_is_cuda", True)
-    monkeypatch.setattr(qwen3_5.Qwen3_5MoeForConditionalGeneration, "__init__", stock_init_without_kernels)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # SGLang's loader builds models under the checkpoint dtype
-
-    def build(hf_config, quant_config) -> override.Qwen3_5MoeForConditionalGeneration:
-        model = override.Qwen3_5MoeForConditionalGeneration(hf_config, quant_config)
-        with torch.no_grad():
-            for param in model.parameters():
-                param.zero_()
-        return model
-
-    yield build
-    torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize(

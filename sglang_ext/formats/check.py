@@ -9,13 +9,14 @@ quantizes is one problem ("stored BF16, config quantizes it"), not one missing t
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sglang_ext.formats import layout
 from sglang_ext.formats.config_fields import ConfigError, check_config_fields
-from sglang_ext.formats.safetensors_headers import HeaderError, StoredEntry, read_checkpoint
+from sglang_ext.formats.safetensors_headers import INDEX_FILE, HeaderError, StoredEntry, read_checkpoint
 from sglang_ext.formats.schemes import Scheme, UnsupportedQuantization, detect_scheme
 
 CONFIG_FILE = "config.json"
@@ -95,6 +96,13 @@ def checkpoint_scheme(path: Path) -> tuple[Scheme | None, dict[str, Any], dict[s
     ConfigError / HeaderError / UnsupportedQuantization naming the file and field."""
     config, hf_quant_config = _read_configs(Path(path))
     return (*detect_scheme(config, hf_quant_config), config)
+
+
+def side_files(directory: Path, skip: Iterable[str] = ()) -> list[Path]:
+    """The files of a checkpoint directory besides its weights, index, config.json and hf_quant_config.json
+    (tokenizer, processor, chat template, generation config, licence), less those named in `skip`."""
+    skipped = {CONFIG_FILE, HF_QUANT_CONFIG_FILE, INDEX_FILE, *skip}
+    return sorted(p for p in Path(directory).iterdir() if p.is_file() and p.suffix != ".safetensors" and p.name not in skipped)
 
 
 def _read_configs(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:

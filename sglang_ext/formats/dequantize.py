@@ -19,8 +19,7 @@ from sglang_ext.codecs import int8, mxfp4, nvfp4
 from sglang_ext.fixtures.model_config import write_json
 from sglang_ext.fixtures.tensors import fuse_experts
 from sglang_ext.formats import layout
-from sglang_ext.formats.check import CONFIG_FILE, HF_QUANT_CONFIG_FILE, checkpoint_scheme
-from sglang_ext.formats.safetensors_headers import INDEX_FILE
+from sglang_ext.formats.check import CONFIG_FILE, checkpoint_scheme, side_files
 from sglang_ext.formats.schemes import CT_MXFP4, MODELOPT_NVFP4, QUARK_INT8, QUARK_MXFP4
 
 Decoder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -64,10 +63,8 @@ def write_dequantized(source: Path, target: Path) -> Path:
     quantization_config."""
     source, target = Path(source), Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    skip = {HF_QUANT_CONFIG_FILE, INDEX_FILE, CONFIG_FILE}
-    for path in source.iterdir():
-        if path.is_file() and path.suffix != ".safetensors" and path.name not in skip:
-            shutil.copyfile(path, target / path.name)
+    for path in side_files(source):
+        shutil.copyfile(path, target / path.name)
     config = json.loads((source / CONFIG_FILE).read_text(encoding="utf-8"))
     config.pop("quantization_config", None)
     write_json(target / CONFIG_FILE, config)

@@ -7,7 +7,7 @@ each tensor name to {dtype, shape, data_offsets}, offsets relative to the end of
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -22,6 +22,7 @@ class StoredEntry:
     shape: tuple[int, ...]
     nbytes: int
     file: str
+    offset: int = 0  # where the tensor's bytes start in the file
 
 
 class HeaderError(ValueError):
@@ -66,7 +67,7 @@ def read_header(path: Path) -> list[StoredEntry]:
             raise HeaderError(
                 f"{path.name}: tensor {name!r} ends at byte {end} of {data_size} data bytes: the file is truncated"
             )
-        entries.append(entry)
+        entries.append(replace(entry, offset=8 + length + start))
     return entries
 
 
