@@ -29,7 +29,17 @@ def fixtures_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fixtures")
     for fmt in FORMATS:
         write_fixture(root / fmt, fmt, seed=0)
+    # The BF16 model with its MTP experts as the Qwen3.6 formats store them (fused 3-D), for tests that
+    # compare such a format with the BF16 weights it quantizes.
+    write_fixture(root / "bf16-mtp-fused", "bf16", seed=0, mtp_fused_experts=True)
     return root
+
+
+def bf16_source(fixtures_root: Path, fmt: str) -> Path:
+    """The BF16 fixture with the MTP expert layout of `fmt`'s checkpoint family."""
+    from sglang_ext.fixtures import QWEN3_6_FORMATS
+
+    return fixtures_root / ("bf16-mtp-fused" if fmt in QWEN3_6_FORMATS else "bf16")
 
 
 def _hypothesis_profiles() -> None:

@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import bf16_source
 from sglang_ext import inspect
 from sglang_ext.fixtures.tensors import checkpoint_specs, unfuse_experts
 from sglang_ext.formats.check import check_checkpoint
@@ -144,7 +145,7 @@ FIXTURE_OPTIONS = {"ct-mxfp4": Options(scales=SCALE_RULES["mse"]), "modelopt-nvf
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_with_the_cards_options_it_writes_the_fixtures_bytes(fixtures_root: Path, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / fmt
-    quantize(fixtures_root / "bf16", out, fmt, FIXTURE_OPTIONS.get(fmt, Options()), show_progress=False)
+    quantize(bf16_source(fixtures_root, fmt), out, fmt, FIXTURE_OPTIONS.get(fmt, Options()), show_progress=False)
     ours, fixture = load_dir(out), load_file(str(fixtures_root / fmt / "model.safetensors"))
     assert ours.keys() == fixture.keys()
     assert all(same_bytes(ours[name], fixture[name]) for name in fixture)

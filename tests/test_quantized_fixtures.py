@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from sglang_ext.codecs import mxfp4
+from tests.conftest import bf16_source
 from sglang_ext.fixtures import FORMATS, write_fixture
 from sglang_ext.fixtures.tensors import unfuse_experts
 from sglang_ext.formats.dequantize import dequantized_state_dict, write_dequantized
@@ -98,7 +99,7 @@ TOLERANCE = {  # per-tensor relative error of the dequantized weights (Frobenius
 
 @pytest.mark.parametrize("fmt", QUANTIZED)
 def test_dequantized_weights_are_the_bf16_weights_up_to_quantization(fixtures_root: Path, fmt: str) -> None:
-    bf16 = load_file(str(fixtures_root / "bf16" / "model.safetensors"))
+    bf16 = load_file(str(bf16_source(fixtures_root, fmt) / "model.safetensors"))
     ours = dequantized_state_dict(fixtures_root / fmt)
     assert ours.keys() == bf16.keys()
     changed = 0

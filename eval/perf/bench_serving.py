@@ -55,7 +55,9 @@ class ServingRow:
 def case_overrides(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> list[str]:
     """The format's tiny recipe, served from `checkpoint` with the whole GPU and `case`'s FSE setting."""
     fse = ["disable-shared-experts-fusion=true"] if case.fse is False else []
-    return [f"model.path={checkpoint}", "model.fixture=null", bench_decode.MEM_FRACTION, *fse, *sets]
+    # A served checkpoint is no generated one: the fixture keys a tiny recipe sets (tiny-int8 its MTP layout) go.
+    generated = ["model.fixture=null", "model.fixture_mtp_experts=null"]
+    return [f"model.path={checkpoint}", *generated, bench_decode.MEM_FRACTION, *fse, *sets]
 
 
 def speed_command(base_url: str, model: str, checkpoint: Path, concurrency: list[int], out: Path) -> list[str]:
