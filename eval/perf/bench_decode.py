@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from launch.recipe import load_recipe, recipe_paths
 from sglang_ext import moe_configs
 from sglang_ext.fixtures import STAMP_FILE, write_fixture
 from sglang_ext.fixtures.model_config import SHAPES, padded_vocab_size
-from sglang_ext.formats.safetensors_headers import read_checkpoint
+from sglang_ext.formats.safetensors_headers import StoredEntry, read_checkpoint
 
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
 TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs SGLang's Triton fused kernel
@@ -142,21 +142,27 @@ def hbm_bandwidth_gbs() -> float:
     return 2 * (4 << 30) / seconds / 1e9
 
 
-def decode_bytes(checkpoint: Path, config: dict, batch: int) -> float:
-    """Weight bytes one decode step reads: dense weights once, routed experts as many as `batch` tokens
-    touch on average (E * (1 - (1 - k/E)**batch) per layer). Embedding rows and the MTP/ViT are not read."""
+def weight_bytes(entries: Iterable[StoredEntry], config: dict, tokens: int, *, draft: bool = False) -> float:
+    """Weight bytes one forward of `tokens` tokens reads, from a checkpoint's tensors: dense weights once, routed
+    experts as many as the tokens touch on average (E * (1 - (1 - k/E)**tokens) per layer). The target model's,
+    or with `draft` the MTP layer's and the lm_head it shares. Embedding rows (a gather) and the ViT are not
+    counted."""
     text = config["text_config"]
     experts, top_k = text["num_experts"], text["num_experts_per_tok"]
-    touched = experts * (1 - (1 - top_k / experts) ** batch)
-    routed = dense = 0
-    for entry in read_checkpoint(checkpoint):
-        if entry.name.startswith(("mtp.", "model.visual.")) or "embed_tokens" in entry.name:
+    touched = 1 - (1 - top_k / experts) ** tokens
+    total = 0.0
+    for entry in entries:
+        if entry.name.startswith("model.visual.") or "embed_tokens" in entry.name:
             continue
-        if ".mlp.experts." in entry.name:
-            routed += entry.nbytes
-        else:
-            dense += entry.nbytes
-    return dense + routed * touched / experts
+        if entry.name != "lm_head.weight" and entry.name.startswith("mtp.") != draft:
+            continue
+        total += entry.nbytes * (touched if ".mlp.experts." in entry.name else 1)
+    return total
+
+
+def decode_bytes(checkpoint: Path, config: dict, batch: int) -> float:
+    """Weight bytes one decode step of `batch` sequences reads (`weight_bytes` of the target model)."""
+    return weight_bytes(read_checkpoint(checkpoint), config, batch)
 
 
 def cases(formats: list[str], stock_moe_configs: bool) -> list[Case]:
@@ -174,10 +180,15 @@ def vocab_size(shape: str) -> int:
     return max(SHAPES[shape].vocab_size or 0, padded_vocab_size(at_least=ONE_BATCH_PROMPT_IDS))
 
 
+def checkpoint_path(out: Path, shape: str, layers: int, fmt: str, mtp_acceptance: float = 0.0) -> Path:
+    """Where the real-shaped checkpoint of `fmt` (with a predictable MTP head at `mtp_acceptance`) lives under OUT."""
+    return out / "checkpoints" / f"{shape}-{layers}L-{fmt}{f'-mtp{mtp_acceptance:g}' if mtp_acceptance else ''}"
+
+
 def ensure_checkpoint(out: Path, shape: str, layers: int, fmt: str, mtp_acceptance: float = 0.0) -> Path:
-    """The real-shaped random checkpoint of `fmt` under OUT/checkpoints (with a predictable MTP head at
-    `mtp_acceptance`), written on the GPU unless a complete one is there."""
-    checkpoint = out / "checkpoints" / f"{shape}-{layers}L-{fmt}{f'-mtp{mtp_acceptance:g}' if mtp_acceptance else ''}"
+    """The real-shaped random checkpoint of `fmt` at `checkpoint_path`, written on the GPU unless a complete one
+    is there."""
+    checkpoint = checkpoint_path(out, shape, layers, fmt, mtp_acceptance)
     if not (checkpoint / STAMP_FILE).exists():  # written last: a run cut off mid-write starts over
         started = time.perf_counter()
         write_fixture(checkpoint, fmt, shape=shape, num_layers=layers, vocab_size=vocab_size(shape), device="cuda",
@@ -292,11 +303,26 @@ def load_cases(folder: Path, setups: dict[str, dict]) -> dict[str, list[Row]]:
 ALL_FORMATS = "bf16,quark-w8a8-int8,quark-mxfp4-fse,modelopt-nvfp4,ct-mxfp4"
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser, formats: str = ALL_FORMATS) -> None:
+def layer_counts(text: str) -> list[int]:
+    """argparse type of a list of decoder layer counts, "4,16"."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer counts, e.g. 4,16; got {text!r}")
+    return values
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, formats: str = ALL_FORMATS, several_depths: bool = False) -> None:
     """The options that pick the real-shaped checkpoints and SGLang's options per format (shared by the
-    decode, profile and serving benchmarks)."""
+    decode, profile, serving and speculative benchmarks; the last takes several layer counts)."""
     parser.add_argument("--shape", default="qwen3.5-35b-a3b")
-    parser.add_argument("--layers", type=int, default=20, help="decoder layers (disk, memory); per-layer ms reported")
+    if several_depths:
+        parser.add_argument("--layers", type=layer_counts, default=[8],
+                            help="decoder layer counts, e.g. 4,16 (default 8); two or more fit a line per case")  # fmt: skip
+    else:
+        parser.add_argument("--layers", type=int, default=20, help="decoder layers (disk, memory); per-layer ms reported")
     parser.add_argument("--formats", default=formats)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FORMAT:KEY=VALUE",
                         help="an SGLang option for one format on top of its tiny recipe")  # fmt: skip
