@@ -45,26 +45,32 @@ def test_scorer_on_a_perfect_and_a_wrong_server(tmp_path: Path) -> None:
 
 
 def test_split_runs_merge_into_one_table(tmp_path: Path, capsys) -> None:
-    first = [conformance.Result("bf16", "tiny-bf16", True, ok=True, max_abs_logprob_error=0.1, greedy_agreement=1.0,
-                                   chat_completion_tokens=8)]
+    first = [conformance.Result("bf16", "tiny-bf16", True, max_abs_logprob_error=0.1, greedy_agreement=1.0,
+                                chat_completion_tokens=8, image_max_abs_logprob_error=0.05, image_greedy_agreement=1.0),
+             conformance.Result("bf16 @tiny-top10", "tiny-bf16", True, "tiny-top10", max_abs_logprob_error=0.1, greedy_agreement=1.0,
+                                chat_completion_tokens=8, fused_in_log=True, image_problems=["file: refused, 400 bad image"])]  # fmt: skip
     second = [conformance.Result("nvfp4", "tiny-nvfp4", None, error="server did not start")]
-    pair = {"pair": "bf16 vs bf16 fse-off", "recipe": "tiny-bf16", "sequences": 8, "identical_sequences": 8,
+    pair = {"pair": "bf16 vs bf16 fse-off", "recipe": "tiny-bf16", "served": "tiny", "sequences": 8, "identical_sequences": 8,
             "unexplained_divergences": 0, "max_abs_prompt_logprob_diff": 0.01, "mean_abs_prompt_logprob_diff": 0.001}
     conformance.save_run(tmp_path / "a.json", first, [pair])
     conformance.save_run(tmp_path / "b.json", second, [])
     results, pairs = conformance.load_runs([tmp_path / "a.json", tmp_path / "b.json"])
-    assert [(r.case, r.fse, r.max_abs_logprob_error) for r in results][0] == ("bf16", True, 0.1)
-    assert results[1].error == "server did not start" and pairs == [pair]
+    assert [(r.case, r.fse, r.max_abs_logprob_error, r.image_max_abs_logprob_error) for r in results][0] == ("bf16", True, 0.1, 0.05)
+    assert results[1].image_problems == ["file: refused, 400 bad image"] and results[1].served == "tiny-top10"
+    assert results[2].error == "server did not start" and pairs == [pair]
     conformance.print_table(results, pairs)
     table = capsys.readouterr().out
-    assert "nvfp4" in table and "8/8 generations identical" in table
-    # bf16's numbers pass, but nothing in its server log said the shared expert was fused
+    assert "nvfp4" in table and "8/8 generations identical" in table and "0.0500" in table
+    # bf16's numbers pass, but nothing in its server log said the shared expert was fused; at tiny-top10 an
+    # image was refused (so nothing of the images was scored) and FSE off did not run
     assert conformance.failures(results, pairs) == [
-        "bf16: server log says fused=None, case wants True", "nvfp4: server did not start"]
+        "bf16: server log says fused=None, case wants True", "bf16 @tiny-top10: image greedy agreement nan < 0.95",
+        "bf16 @tiny-top10: image file: refused, 400 bad image", "nvfp4: server did not start",
+        "FSE on/off of tiny-bf16 on tiny-top10: not compared (a case of the pair did not run or failed)"]  # fmt: skip
     results[0].fused_in_log = True
     assert conformance.failures(results[:1], pairs) == []
     assert conformance.failures(results[:1], []) == [
-        "FSE on/off of tiny-bf16: not compared (a case of the pair did not run or failed)"]
+        "FSE on/off of tiny-bf16 on tiny: not compared (a case of the pair did not run or failed)"]
 
 
 def test_bad_merge_input_names_the_file(tmp_path: Path) -> None:
@@ -74,3 +80,6 @@ def test_bad_merge_input_names_the_file(tmp_path: Path) -> None:
         conformance.load_runs([broken])
     with pytest.raises(ValueError, match="missing.json: not a conformance.json"):
         conformance.load_runs([tmp_path / "missing.json"])
+    broken.write_text('{"results": [], "fse_pairs": [{"pair": "bf16 vs bf16 fse-off", "recipe": "tiny-bf16"}]}')
+    with pytest.raises(ValueError, match="written before --shapes and --checkpoints, rerun it"):
+        conformance.load_runs([broken])

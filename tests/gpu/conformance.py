@@ -2,31 +2,46 @@
 
 For each case (a tiny recipe, optionally with the fused shared expert turned off) the real launcher
 starts SGLang; the suite sends the same greedy prompts through `/generate` with prompt and output
-logprobs, and one chat completion through the OpenAI API. An independent reference — transformers'
+logprobs, one chat completion through the OpenAI API, and two image chats (a PNG as an OpenAI `image_url`:
+a base64 data URL and a file:// URL; `conformance_images`). An independent reference — transformers'
 model of the dequantized weights in float32 on the GPU, with the scheme's activation quantization
-(`sglang_ext.formats.reference`) — scores the same token sequences. Per case: max and mean absolute
-logprob error over all prompt and generated positions, and teacher-forced greedy agreement (the
+(`sglang_ext.formats.reference`), its BF16 vision tower run by transformers too — scores the same token
+sequences. Per case, for text and for images: max and mean absolute logprob error over the positions
+SGLang reports (text: every prompt and generated token; images: the generated ones, after checking that
+SGLang's prompt, image tokens included, is the processor's), and teacher-forced greedy agreement (the
 reference's argmax after SGLang's own prefix, so one near-tie does not cascade). FSE-on and FSE-off runs
 of one checkpoint are also compared with each other.
 
-    python -m tests.gpu.conformance [--cases bf16,int8,...] [--shape tiny-top10] [--tp 2] [--ep 2] [--out DIR]
+    python -m tests.gpu.conformance [--cases bf16,int8,...] [--shapes tiny,tiny-top10] [--tp 2] [--ep 2] [--out DIR]
+    python -m tests.gpu.conformance --checkpoints quark-w8a8-int8=DIR modelopt-nvfp4=DIR2 [--cases ...]
     python -m tests.gpu.conformance --merge A/conformance.json B/conformance.json
+    python -m tests.gpu.conformance ... --dry-run
 
 prints one table and writes conformance.json; tests/gpu/test_conformance.py runs it with thresholds.
-`--merge` prints one table from runs split by `--cases` (e.g. to fit a time limit per command).
+`--shapes` serves the generated checkpoints of each fixture shape (tiny-top10: the 397B's routing, top-10
+of 32 experts, 11 slots with FSE); `--checkpoints FORMAT=DIR` serves your checkpoint directories instead
+(e.g. what `python -m sglang_ext.quantize SRC OUT --to FORMAT` wrote), each as the tiny recipe of its
+format, FSE on and off where sglang_ext fuses its shared expert, scored against its own dequantization.
+`--merge` prints one table from runs split by `--cases` (e.g. to fit a time limit per command);
+`--dry-run` builds the checkpoints and prints each server's launcher command, without a GPU.
 """
 
 import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 import threading
+import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tests.gpu.serving import ServerDidNotStart, served
+from launch.errors import LaunchError
+from tests.gpu import conformance_images as images
+from tests.gpu.conformance_plan import CASES, SHAPES, Case, given_checkpoint, plan, server_sets
+from tests.gpu.serving import ServerDidNotStart, gpu_unavailable, served
 
 PROMPTS = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
@@ -40,10 +55,11 @@ PROMPTS = (
 )
 NEW_TOKENS = 16
 NEAR_TIE = 0.1  # nats between the top two candidates
+SERVED_NAME = "tiny-qwen3.5-moe"  # model.served_name of the tiny recipes
 
-# Pass marks. Kernels compute in BF16 against a float32 reference (the tiny model's BF16-vs-float32 spread
-# is ~1% of the logits), and W4A4 / W8A8 kernels quantize activations with their own rounding of the
-# dynamic scales. Per recipe: (max |Δlogprob|, min greedy agreement).
+# Pass marks, for text and image chats alike. Kernels compute in BF16 against a float32 reference (the tiny
+# model's BF16-vs-float32 spread is ~1% of the logits), and W4A4 / W8A8 kernels quantize activations with
+# their own rounding of the dynamic scales. Per recipe: (max |Δlogprob|, min greedy agreement).
 THRESHOLDS = {
     "tiny-bf16": (0.25, 0.95),
     "tiny-int8": (0.4, 0.9),
@@ -51,30 +67,13 @@ THRESHOLDS = {
     "tiny-nvfp4": (0.4, 0.9),
     "tiny-ct-mxfp4": (0.4, 0.9),
 }
-# FSE on vs off, prompt logprobs: BF16 kernels summing in another order; MXFP4 W4A4 adds independent
-# activation-rounding noise to each path (its mean error to the reference is ~0.05 nats).
-FSE_MAX_PROMPT_LOGPROB_DIFF = {"tiny-bf16": 0.25, "tiny-int8": 0.25, "tiny-mxfp4-fse": 0.5}
-
-
-@dataclass(frozen=True)
-class Case:
-    label: str
-    recipe: str
-    fse: bool | None  # None: the checkpoint keeps the shared expert out of the MoE either way
-    sets: tuple[str, ...] = ()
-
-
-CASES = (
-    Case("bf16", "tiny-bf16", True),
-    Case("bf16 fse-off", "tiny-bf16", False, ("disable-shared-experts-fusion=true",)),
-    Case("int8", "tiny-int8", True),
-    Case("int8 fse-off", "tiny-int8", False, ("disable-shared-experts-fusion=true",)),
-    Case("nvfp4", "tiny-nvfp4", None),
-    Case("ct-mxfp4", "tiny-ct-mxfp4", None),
-    # Last: SGLang's Marlin MXFP4 kernels compile on first use (~5 min on a fresh H100).
-    Case("mxfp4-fse", "tiny-mxfp4-fse", True),
-    Case("mxfp4-fse fse-off", "tiny-mxfp4-fse", False, ("disable-shared-experts-fusion=true",)),
-)
+# FSE on vs off, prompt logprobs: BF16 kernels summing in another order (NVFP4 and ct-MXFP4 run weight-only
+# on Hopper, so with a given checkpoint that quantizes their shared expert, and fuses it, they compare as
+# BF16 does); MXFP4 W4A4 adds independent activation-rounding noise to each path (its mean error to the
+# reference is ~0.05 nats).
+FSE_MAX_PROMPT_LOGPROB_DIFF = {"tiny-bf16": 0.25, "tiny-int8": 0.25, "tiny-nvfp4": 0.25, "tiny-ct-mxfp4": 0.25,
+                               "tiny-mxfp4-fse": 0.5}  # fmt: skip
+RAW_FIELDS = ("sequences", "logprobs", "image_answers")  # server output kept for scoring, not saved
 
 
 @dataclass
@@ -82,6 +81,7 @@ class Result:
     case: str
     recipe: str
     fse: bool | None
+    served: str = "tiny"  # the generated checkpoint's shape, or the given checkpoint directory
     ok: bool = False
     error: str = ""
     ready_s: float = 0.0
@@ -90,10 +90,15 @@ class Result:
     greedy_agreement: float = float("nan")
     chat_completion_tokens: int = 0
     fused_in_log: bool | None = None  # what the server log says sglang_ext's Qwen3.5 override did
-    # raw server output, for FSE on/off comparisons
+    image_max_abs_logprob_error: float = float("nan")
+    image_mean_abs_logprob_error: float = float("nan")
+    image_greedy_agreement: float = float("nan")
+    image_problems: list[str] = field(default_factory=list)  # image chats refused, or prompts unlike the processor's
+    # raw server output, for scoring and FSE on/off comparisons
     sequences: list[list[int]] = field(default_factory=list, repr=False)
     logprobs: list[list[float]] = field(default_factory=list, repr=False)
     top2_gaps: list[list[float]] = field(default_factory=list, repr=False)  # per generated token
+    image_answers: list[images.Answer] = field(default_factory=list, repr=False)
 
 
 def prompt_ids(tokenizer_dir: Path) -> list[list[int]]:
@@ -114,10 +119,9 @@ def prompt_ids(tokenizer_dir: Path) -> list[list[int]]:
 _STARTING = threading.Lock()
 
 
-def _serve_and_query(case: Case, prompts: list[list[int]], log_dir: Path, mem_fraction: float, layout: tuple[str, ...] = ()) -> Result:
-    result = Result(case.label, case.recipe, case.fse)
-    log_dir = log_dir / case.label.replace(" ", "-")
-    sets = [f"mem-fraction-static={mem_fraction}", "cuda-graph-backend-decode=disabled", *layout, *case.sets]
+def _serve_and_query(case: Case, sets: list[str], prompts: list[list[int]], pictures: dict[images.Image, Path], log_dir: Path) -> Result:
+    result = Result(case.name, case.recipe, case.fse, case.served)
+    log_dir = log_dir / case.name.replace(" ", "-")
     try:
         with contextlib.ExitStack() as stack:
             with _STARTING:
@@ -136,18 +140,31 @@ def _serve_and_query(case: Case, prompts: list[list[int]], log_dir: Path, mem_fr
                                        [lp for lp, _, _ in meta["output_token_logprobs"]])  # fmt: skip
                 result.top2_gaps.append([top[0][0] - top[1][0] for top in meta["output_top_logprobs"]])
             chat = server.post("/v1/chat/completions", {
-                "model": "tiny-qwen3.5-moe", "messages": [{"role": "user", "content": PROMPTS[0]}],
+                "model": SERVED_NAME, "messages": [{"role": "user", "content": PROMPTS[0]}],
                 "max_tokens": 8, "temperature": 0,
             })  # fmt: skip
             result.chat_completion_tokens = chat["usage"]["completion_tokens"]
+            _ask_images(server, pictures, result)
     except ServerDidNotStart as error:
         result.error = f"server did not start: {error}"
     except Exception as error:  # a case's failure is a row in the table, not the end of the suite
         result.error = f"{type(error).__name__}: {error}"
     result.fused_in_log = _fusion_from_log(log_dir)
-    print(f"{case.label}: {'ready after %.0f s' % result.ready_s if result.ready_s else 'no server'}"
+    print(f"{case.name}: {'ready after %.0f s' % result.ready_s if result.ready_s else 'no server'}"
           f"{', ' + result.error if result.error else ''}", flush=True)  # fmt: skip
     return result
+
+
+def _ask_images(server, pictures: dict[images.Image, Path], result: Result) -> None:
+    """One image chat per picture; a refused one is a missed mark of the case, not the end of it."""
+    for image, path in pictures.items():
+        try:
+            response = server.post("/v1/chat/completions", images.chat_request(images.image_url(image, path), SERVED_NAME, NEW_TOKENS))
+            result.image_answers.append(images.parse_answer(image.form, response))
+        except urllib.error.HTTPError as error:
+            result.image_problems.append(f"{image.form}: refused, {error.code} {error.read()[:300].decode(errors='replace')}")
+        except ValueError as error:
+            result.image_problems.append(f"{image.form}: {error}")
 
 
 def _fusion_from_log(log_dir: Path) -> bool | None:
@@ -160,23 +177,57 @@ def _fusion_from_log(log_dir: Path) -> bool | None:
     return False if "shared expert kept separate" in text else None
 
 
+def _log_softmax(reference, inputs: dict, device: str):
+    import torch
+
+    with torch.no_grad():
+        return reference(**{name: tensor.to(device) for name, tensor in inputs.items()}).logits[0].float().log_softmax(-1)
+
+
+def _compare(logprobs, sequence: list[int], server_logprobs: list[float], prompt_length: int):
+    """(|Δlogprob| at the last len(server_logprobs) positions: SGLang reports every token after the first of a
+    /generate prompt, only the generated ones of a chat; per generated token, whether the reference's argmax
+    after SGLang's own prefix is SGLang's token)."""
+    import torch
+
+    targets = torch.tensor(sequence[1:], device=logprobs.device)
+    ours = logprobs[:-1].gather(-1, targets[:, None])[:, 0][len(sequence) - 1 - len(server_logprobs) :].cpu()
+    agreement = (logprobs[prompt_length - 1 : -1].argmax(-1) == targets[prompt_length - 1 :]).float().cpu()
+    return (ours - torch.tensor(server_logprobs)).abs(), agreement
+
+
+def _summary(compared: list) -> tuple[float, float, float]:
+    """(max and mean |Δlogprob|, greedy agreement) over every compared sequence."""
+    import torch
+
+    errors, agreement = torch.cat([e for e, _ in compared]), torch.cat([a for _, a in compared])
+    return errors.max().item(), errors.mean().item(), agreement.mean().item()
+
+
 def _score(result: Result, reference, prompt_lengths: list[int], device: str) -> None:
     import torch
 
-    errors, agreement = [], []
-    for sequence, server_logprobs, prompt_length in zip(result.sequences, result.logprobs, prompt_lengths):
-        tokens = torch.tensor([sequence], device=device)
-        with torch.no_grad():
-            logprobs = reference(input_ids=tokens).logits[0].float().log_softmax(-1)
-        targets = tokens[0, 1:]
-        ours = logprobs[:-1].gather(-1, targets[:, None])[:, 0].cpu()
-        errors.append((ours - torch.tensor(server_logprobs)).abs())
-        predicted = logprobs[prompt_length - 1 : -1].argmax(-1).cpu()
-        agreement.append((predicted == targets[prompt_length - 1 :].cpu()).float())
-    errors_all, agreement_all = torch.cat(errors), torch.cat(agreement)
-    result.max_abs_logprob_error = errors_all.max().item()
-    result.mean_abs_logprob_error = errors_all.mean().item()
-    result.greedy_agreement = agreement_all.mean().item()
+    compared = [_compare(_log_softmax(reference, {"input_ids": torch.tensor([sequence])}, device), sequence, server, length)
+                for sequence, server, length in zip(result.sequences, result.logprobs, prompt_lengths)]  # fmt: skip
+    result.max_abs_logprob_error, result.mean_abs_logprob_error, result.greedy_agreement = _summary(compared)
+
+
+def _score_images(result: Result, reference, processor, pngs: dict[str, bytes], device: str) -> None:
+    """Score each image chat SGLang answered against the reference fed the processor's inputs for the same
+    chat, picture and output tokens; a prompt that is not the processor's is a problem, not a score."""
+    compared = []
+    for answer in result.image_answers:
+        inputs = images.reference_inputs(processor, pngs[answer.form], answer.output_ids)
+        prompt = inputs["input_ids"][0, : -len(answer.output_ids)].tolist()
+        if prompt != answer.prompt_ids:
+            image_token = processor.image_token_id
+            result.image_problems.append(
+                f"{answer.form}: SGLang's prompt has {len(answer.prompt_ids)} tokens ({answer.prompt_ids.count(image_token)} "
+                f"image), the processor's {len(prompt)} ({prompt.count(image_token)} image)")  # fmt: skip
+            continue
+        compared.append(_compare(_log_softmax(reference, inputs, device), prompt + answer.output_ids, answer.logprobs, len(prompt)))
+    if compared:
+        result.image_max_abs_logprob_error, result.image_mean_abs_logprob_error, result.image_greedy_agreement = _summary(compared)
 
 
 def compare_fse(on: Result, off: Result, prompt_lengths: list[int]) -> dict:
@@ -193,52 +244,66 @@ def compare_fse(on: Result, off: Result, prompt_lengths: list[int]) -> dict:
             divergences += 1
             gap = min(on.top2_gaps[index][parted], off.top2_gaps[index][parted])
             unexplained += gap >= NEAR_TIE
-    return {"pair": f"{on.case} vs {off.case}", "recipe": on.recipe, "sequences": len(prompt_lengths),
+    return {"pair": f"{on.case} vs {off.case}", "recipe": on.recipe, "served": on.served, "sequences": len(prompt_lengths),
             "identical_sequences": len(prompt_lengths) - divergences, "unexplained_divergences": unexplained,
             "max_abs_prompt_logprob_diff": max(prompt_diffs), "mean_abs_prompt_logprob_diff": sum(prompt_diffs) / len(prompt_diffs)}  # fmt: skip
 
 
-def layout_sets(shape: str, tp: int, ep: int) -> tuple[str, ...]:
-    """The --set items that serve every case as `shape` (a fixture shape: tiny-top10 routes as the 397B does)
-    at tensor and expert parallelism `tp` and `ep`."""
-    return (f"model.fixture_shape={shape}", f"tp-size={tp}", *((f"ep-size={ep}",) if ep > 1 else ()))
-
-
-def run(cases: tuple[Case, ...], out: Path, parallel: int = 8, shape: str = "tiny", tp: int = 1, ep: int = 1) -> tuple[list[Result], list[dict]]:
-    import torch
-
+def checkpoints_of(cases: tuple[Case, ...]) -> dict[tuple[str, str], Path]:
+    """(recipe, served) -> the checkpoint directory each case serves; generated ones are written here, before
+    servers race for them."""
+    from launch.recipe import load_recipe
     from sglang_ext.fixtures import Variant, ensure_fixture
+
+    directories: dict[tuple[str, str], Path] = {}
+    for case in cases:
+        if (case.recipe, case.served) not in directories:
+            fixture = load_recipe(case.recipe).recipe.model.fixture
+            directories[case.recipe, case.served] = case.checkpoint or ensure_fixture(fixture, variant=Variant(case.shape))
+    return directories
+
+
+def score(results: list[Result], checkpoints: dict[tuple[str, str], Path], prompts: list[list[int]],
+          pictures: dict[images.Image, Path], out: Path, device: str) -> None:  # fmt: skip
+    """Score every answered case against the float32 reference of its checkpoint's dequantized weights."""
+    from transformers import AutoProcessor
+
     from sglang_ext.formats.dequantize import write_dequantized
     from sglang_ext.formats.reference import reference_model
-    from launch.recipe import load_recipe
 
-    out.mkdir(parents=True, exist_ok=True)
-    formats = {case.recipe: load_recipe(case.recipe).recipe.model.fixture for case in cases}
-    checkpoints = {recipe: ensure_fixture(fmt, variant=Variant(shape)) for recipe, fmt in formats.items()}  # before servers race for it
-    prompts = prompt_ids(checkpoints[cases[0].recipe])
-    mem_fraction = 0.1  # of the memory still free when each server starts
-    layout = layout_sets(shape, tp, ep)
-    with ThreadPoolExecutor(parallel) as pool:
-        results = list(pool.map(lambda case: _serve_and_query(case, prompts, out / "servers", mem_fraction, layout), cases))
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    for recipe, checkpoint in checkpoints.items():
-        answered = [r for r in results if r.recipe == recipe and not r.error]
+    pngs = {image.form: path.read_bytes() for image, path in pictures.items()}
+    for (recipe, served), checkpoint in checkpoints.items():
+        answered = [r for r in results if (r.recipe, r.served) == (recipe, served) and not r.error]
         if not answered:
             continue
-        reference = reference_model(checkpoint, write_dequantized(checkpoint, out / "dequantized" / recipe), device)
+        dequantized = write_dequantized(checkpoint, out / "dequantized" / f"{recipe}@{Path(served).name}")
+        reference = reference_model(checkpoint, dequantized, device)
+        processor = AutoProcessor.from_pretrained(checkpoint)
         for result in answered:
             _score(result, reference, [len(p) for p in prompts], device)
+            _score_images(result, reference, processor, pngs, device)
         del reference
+
+
+def run(cases: tuple[Case, ...], out: Path, parallel: int = 8, tp: int = 1, ep: int = 1) -> tuple[list[Result], list[dict]]:
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = checkpoints_of(cases)
+    prompts = prompt_ids(next(iter(checkpoints.values())))
+    pictures = images.write_pngs(out / "images")
+    with ThreadPoolExecutor(parallel) as pool:
+        results = list(pool.map(lambda case: _serve_and_query(case, server_sets(case, tp, ep), prompts, pictures, out / "servers"), cases))
+    score(results, checkpoints, prompts, pictures, out, "cuda" if torch.cuda.is_available() else "cpu")
     pairs = [compare_fse(on, off, [len(p) for p in prompts]) for on in results for off in results
-             if on.recipe == off.recipe and on.fse and off.fse is False and not on.error and not off.error]  # fmt: skip
+             if (on.recipe, on.served) == (off.recipe, off.served) and on.fse and off.fse is False and not on.error and not off.error]  # fmt: skip
     save_run(out / "conformance.json", results, pairs)
     return results, pairs
 
 
 def save_run(path: Path, results: list[Result], pairs: list[dict]) -> None:
     path.write_text(json.dumps(
-        {"results": [{k: v for k, v in asdict(r).items() if k not in ("sequences", "logprobs")} for r in results],
+        {"results": [{k: v for k, v in asdict(r).items() if k not in RAW_FIELDS} for r in results],
          "fse_pairs": pairs}, indent=2) + "\n")  # fmt: skip
 
 
@@ -253,8 +318,10 @@ def case_failures(result: Result) -> list[str]:
         f"greedy agreement {result.greedy_agreement:.3f} < {min_agreement}": not result.greedy_agreement >= min_agreement,
         "no chat completion tokens": result.chat_completion_tokens <= 0,
         f"server log says fused={result.fused_in_log}, case wants {fused}": result.fused_in_log is not fused,
+        f"image max |Δlogprob| {result.image_max_abs_logprob_error:.4f} ≥ {max_error}": result.image_max_abs_logprob_error >= max_error,
+        f"image greedy agreement {result.image_greedy_agreement:.3f} < {min_agreement}": not result.image_greedy_agreement >= min_agreement,
     }
-    return [f"{result.case}: {why}" for why, failed in checks.items() if failed]
+    return [f"{result.case}: {why}" for why, failed in checks.items() if failed] + [f"{result.case}: image {why}" for why in result.image_problems]
 
 
 def pair_failures(pair: dict) -> list[str]:
@@ -268,29 +335,51 @@ def pair_failures(pair: dict) -> list[str]:
 
 def failures(results: list[Result], pairs: list[dict]) -> list[str]:
     """Every missed pass mark of a (possibly merged) suite run, including FSE pairs that did not run."""
-    missing = {r.recipe for r in results if r.fse} - {pair["recipe"] for pair in pairs}
+    missing = {(r.recipe, r.served) for r in results if r.fse} - {(pair["recipe"], pair["served"]) for pair in pairs}
     return ([why for r in results for why in case_failures(r)] + [why for pair in pairs for why in pair_failures(pair)]
-            + [f"FSE on/off of {recipe}: not compared (a case of the pair did not run or failed)" for recipe in sorted(missing)])  # fmt: skip
+            + [f"FSE on/off of {recipe} on {served}: not compared (a case of the pair did not run or failed)" for recipe, served in sorted(missing)])  # fmt: skip
 
 
 def print_table(results: list[Result], pairs: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="SGLang 0.5.17 vs dequantized float32 reference (8 prompts, 16 greedy tokens each)")
-    for column in ("case", "FSE", "fused (log)", "ready s", "max |Δlogprob|", "mean |Δlogprob|", "greedy agree", "chat tokens", "error"):
+    table = Table(title=f"SGLang 0.5.17 vs dequantized float32 reference ({len(PROMPTS)} prompts and {len(images.IMAGES)} "
+                        f"image chats, {NEW_TOKENS} greedy tokens each)")  # fmt: skip
+    for column in ("case", "FSE", "fused (log)", "ready s", "max |Δlogprob|", "mean |Δlogprob|", "greedy agree",
+                   "image max |Δ|", "image agree", "chat tokens", "error"):  # fmt: skip
         table.add_column(column)
     for r in results:
         fse = {True: "on", False: "off", None: "n/a"}[r.fse]
         table.add_row(r.case, fse, {True: "yes", False: "no", None: "?"}[r.fused_in_log], f"{r.ready_s:.0f}", f"{r.max_abs_logprob_error:.4f}",
-                      f"{r.mean_abs_logprob_error:.4f}", f"{r.greedy_agreement:.3f}", str(r.chat_completion_tokens),
-                      r.error[:80])  # fmt: skip
-    console = Console(width=160)
+                      f"{r.mean_abs_logprob_error:.4f}", f"{r.greedy_agreement:.3f}", f"{r.image_max_abs_logprob_error:.4f}",
+                      f"{r.image_greedy_agreement:.3f}", str(r.chat_completion_tokens), r.error[:80])  # fmt: skip
+    console = Console(width=200)
     console.print(table)
     for pair in pairs:
         console.print(f"FSE {pair['pair']}: prompt logprobs max |Δ| {pair['max_abs_prompt_logprob_diff']:.4f} "
                       f"mean {pair['mean_abs_prompt_logprob_diff']:.5f}; {pair['identical_sequences']}/{pair['sequences']} "
                       f"generations identical, {pair['unexplained_divergences']} parted away from a near-tie")  # fmt: skip
+
+
+def print_plan(cases: tuple[Case, ...], tp: int, ep: int) -> None:
+    """Each case's checkpoint (generated now where the suite generates it) and the launcher command that
+    serves it, its --set items validated as the launcher validates them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from launch.recipe import load_recipe
+
+    checkpoints = checkpoints_of(cases)
+    table = Table(title=f"{len(cases)} cases, one server each", show_lines=True)
+    for column in ("case", "FSE", "checkpoint", "server"):
+        table.add_column(column, overflow="fold")
+    for case in cases:
+        sets = server_sets(case, tp, ep)
+        load_recipe(case.recipe, sets)
+        command = shlex.join(["python", "-m", "launch", case.recipe, *[arg for item in sets for arg in ("--set", item)]])
+        table.add_row(case.name, {True: "on", False: "off", None: "n/a"}[case.fse], str(checkpoints[case.recipe, case.served]), command)
+    Console(width=200).print(table)
 
 
 def load_runs(paths: list[Path]) -> tuple[list[Result], list[dict]]:
@@ -299,6 +388,8 @@ def load_runs(paths: list[Path]) -> tuple[list[Result], list[dict]]:
     for path in paths:
         try:
             saved = json.loads(path.read_text())
+            if any("served" not in pair for pair in saved["fse_pairs"]):
+                raise KeyError("fse_pairs[].served: written before --shapes and --checkpoints, rerun it")
             results += [Result(**row) for row in saved["results"]]
             pairs += saved["fse_pairs"]
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -307,26 +398,54 @@ def load_runs(paths: list[Path]) -> tuple[list[Result], list[dict]]:
     return results, pairs
 
 
-def main() -> int:
+def _shapes(text: str) -> tuple[str, ...]:
+    shapes = tuple(text.split(","))
+    if unknown := [shape for shape in shapes if shape not in SHAPES]:
+        raise argparse.ArgumentTypeError(f"no shape {', '.join(unknown)}; the shapes: {', '.join(SHAPES)}")
+    return shapes
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.gpu.conformance")
     parser.add_argument("--cases", help="comma-separated case labels (default: all)")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "conformance")
-    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="print one table from these runs' conformance.json")
-    parser.add_argument("--shape", default="tiny", choices=("tiny", "tiny-top10"),
-                        help="tiny-top10: the tiny model routed as Qwen3.5-397B-A17B (top-10 of 32 experts)")
+    parser.add_argument("--shapes", "--shape", type=_shapes, metavar="SHAPE[,SHAPE]",
+                        help="generated checkpoints of these fixture shapes (default tiny); tiny-top10: the tiny model routed "
+                             "as Qwen3.5-397B-A17B (top-10 of 32 experts, 11 slots with FSE)")  # fmt: skip
+    parser.add_argument("--checkpoints", type=given_checkpoint, nargs="+", metavar="FORMAT=DIR",
+                        help="serve these checkpoint directories (e.g. written by python -m sglang_ext.quantize) instead of "
+                             "generated ones, each as the tiny recipe of its format")  # fmt: skip
     parser.add_argument("--tp", type=int, default=1, help="tensor parallelism of every server")
     parser.add_argument("--ep", type=int, default=1, help="expert parallelism of every server")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "conformance")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="print one table from these runs' conformance.json")
+    parser.add_argument("--dry-run", action="store_true", help="build the checkpoints and print each server's launcher command; serve nothing")
+    args = parser.parse_args(argv)
     if args.merge:
         try:
             results, pairs = load_runs(args.merge)
         except ValueError as error:
             parser.error(f"--merge {error}")
     else:
-        wanted = set(args.cases.split(",")) if args.cases else {c.label for c in CASES}
-        if unknown := wanted - {c.label for c in CASES}:
-            parser.error(f"--cases: no case {', '.join(sorted(unknown))}; the cases: {', '.join(c.label for c in CASES)}")
-        results, pairs = run(tuple(c for c in CASES if c.label in wanted), args.out, shape=args.shape, tp=args.tp, ep=args.ep)
+        if args.shapes and args.checkpoints:
+            parser.error("--shapes picks generated checkpoints, --checkpoints serves yours instead: give one of them")
+        try:
+            everything = plan(args.shapes or ("tiny",), tuple(args.checkpoints or ()))
+        except ValueError as error:
+            parser.error(f"--checkpoints: {error}")
+        wanted = set(args.cases.split(",")) if args.cases else {case.label for case in everything}
+        if unknown := wanted - {case.label for case in everything}:
+            parser.error(f"--cases: no case {', '.join(sorted(unknown))}; the cases: {', '.join(dict.fromkeys(c.label for c in everything))}")
+        cases = tuple(case for case in everything if case.label in wanted)
+        if args.dry_run:
+            try:
+                print_plan(cases, args.tp, args.ep)
+            except LaunchError as error:
+                parser.error(str(error))
+            return 0
+        if reason := gpu_unavailable():
+            print(f"conformance: {reason}, so nothing is served (--dry-run prints the plan)", file=sys.stderr)
+            return 1
+        results, pairs = run(cases, args.out, tp=args.tp, ep=args.ep)
     print_table(results, pairs)
     missed = failures(results, pairs)
     print("\n".join(f"FAIL {why}" for why in missed) or f"PASS: {len(results)} cases, {len(pairs)} FSE pairs")

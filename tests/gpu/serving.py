@@ -2,7 +2,9 @@
 script: wait until it is ready, post to it, stop it and everything it spawned."""
 
 import contextlib
+import importlib.util
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +37,18 @@ class Server:
 
 class ServerDidNotStart(RuntimeError):
     pass
+
+
+def gpu_unavailable() -> str | None:
+    """Why no server can start here (no GPU, no SGLang), or None."""
+    if shutil.which("nvidia-smi") is None and shutil.which("rocm-smi") is None:
+        return "no GPU on this machine"
+    if importlib.util.find_spec("sglang") is None:
+        return "SGLang is not installed (tests/gpu/run_on_device.sh installs the offline bundle)"
+    probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
+    if probe is not None and probe.returncode != 0:
+        return f"nvidia-smi sees no GPU: {probe.stderr.strip()}"
+    return None
 
 
 def free_port() -> int:
