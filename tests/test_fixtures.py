@@ -303,6 +303,15 @@ def test_a_file_in_the_way_is_named_once(tmp_path: Path, capsys) -> None:
         assert err.count(str(blocker)) == 1 + (outdir != blocker), err
 
 
+def test_an_empty_outdir_is_refused_not_read_as_the_working_directory(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    for outdir in ("", "  "):
+        with pytest.raises(SystemExit) as exited:
+            cli_main([outdir])
+        assert exited.value.code == 2 and "an empty path; give the directory to write" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_file_of_a_checkpoint_gets_the_same_mode(fixtures_root: Path) -> None:
     for fmt in FORMATS:
         modes = {path.name: oct(path.stat().st_mode & 0o777) for path in (fixtures_root / fmt).iterdir()}
