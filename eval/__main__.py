@@ -20,7 +20,7 @@ from pathlib import Path
 
 from eval import arguments, results, server
 from eval.journal import JOURNAL_NAME  # not eval.harness: `speed` runs without lm-eval
-from eval.speed import concurrency_list
+from eval.speed import SHAPES, concurrency_list, shape_list
 from launch.errors import LaunchError
 
 COMMANDS = {  # subcommand -> module with main(args, target)
@@ -82,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     _server_options(p)
     _output_options(p, resumable=False)
     p.add_argument("--concurrency", type=concurrency_list, default=[1, 2, 4, 8, 16, 32, 64], help="e.g. 1,2,4,8 (default 1..64)")
+    p.add_argument("--shapes", type=shape_list, default=SHAPES, metavar="inN-outM,...",
+                   help="prompt shapes: input and output tokens per request (default card 003's in4000-out200,in512-out128)")
     p.add_argument("--baseline-recipe", help="the unquantized recipe, served on another port")
     p.add_argument("--baseline-base-url", help="baseline server (default: from --baseline-recipe)")
     p.add_argument("--baseline-model", help="baseline served model name (default: from --baseline-recipe)")

@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import multiprocessing.context
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -53,9 +54,23 @@ class Shape:
     output_len: int
 
 
-# Card 003's shapes. Every request has exactly these lengths (--random-range-ratio 1) and runs to its
-# output length (bench_serving ignores EOS unless --disable-ignore-eos, which we never pass).
+# Card 003's shapes, the default. Every request has exactly these lengths (--random-range-ratio 1) and runs to
+# its output length (bench_serving ignores EOS unless --disable-ignore-eos, which we never pass).
 SHAPES = (Shape("in4000-out200", 4000, 200), Shape("in512-out128", 512, 128))
+_SHAPE_NAME = re.compile(r"in(\d+)-out(\d+)")
+
+
+def shape_list(text: str) -> tuple[Shape, ...]:
+    """argparse type of prompt shapes, "in4000-out200,in128-out1024": input and output tokens per request."""
+    shapes = []
+    for name in (n.strip() for n in text.split(",") if n.strip()):
+        match = _SHAPE_NAME.fullmatch(name)
+        if not match or min(int(match[1]), int(match[2])) < 1:
+            raise argparse.ArgumentTypeError(f"{name!r}: expected inN-outM with N, M ≥ 1, e.g. in128-out1024")
+        shapes.append(Shape(name, int(match[1]), int(match[2])))
+    if not shapes:
+        raise argparse.ArgumentTypeError(f"expected prompt shapes such as in4000-out200,in512-out128; got {text!r}")
+    return tuple(shapes)
 PROMPTS_PER_CONCURRENCY = 3
 
 
@@ -281,7 +296,7 @@ def main(args: argparse.Namespace, target: Target, runner: Runner = run_module) 
     out_dir: Path = args.output
     points: list[Point] = []
     failure: Failure | None = None
-    for shape, c, server_label in ((s, c, k) for s in SHAPES for c in args.concurrency for k in targets):
+    for shape, c, server_label in ((s, c, k) for s in args.shapes for c in args.concurrency for k in targets):
         (out_dir / shape.name).mkdir(parents=True, exist_ok=True)
         output_file = out_dir / shape.name / f"{server_label}-c{c}.jsonl"
         command = bench_command(targets[server_label], shape, c, output_file, args)
@@ -293,14 +308,14 @@ def main(args: argparse.Namespace, target: Target, runner: Runner = run_module) 
         points.append(result)
     document = {
         "servers": {k: {"label": labels[k], "base_url": t.base_url, "model": t.model} for k, t in targets.items()},
-        "shapes": [asdict(s) for s in SHAPES],
+        "shapes": [asdict(s) for s in args.shapes],
         "prompts_per_concurrency": PROMPTS_PER_CONCURRENCY,
         "points": [asdict(p) for p in points],
         "ratios": [{"shape": s, "concurrency": c, **r} for (s, c), r in ratios(points).items()],
         "failure": asdict(failure) if failure else None,
     }
     (out_dir / "speed.json").write_text(json.dumps(document, indent=2) + "\n")
-    for shape in SHAPES:
+    for shape in args.shapes:
         if any(p.shape == shape.name for p in points):
             console.print(shape_table(shape.name, points, labels))
             plot(shape.name, points, labels, out_dir / f"{shape.name}.png")

@@ -17,7 +17,8 @@ def _saved(out: Path, slug: str, tpot_ms: float, tok_s: float, accept: float | N
     folder.mkdir(parents=True)
     points = [{"shape": "in512-out128", "concurrency": c, "output_throughput": tok_s * c, "median_tpot_ms": tpot_ms,
                "request_throughput": 1.0, "median_ttft_ms": 10.0} for c in (1, 4)]  # fmt: skip
-    (folder / "speed.json").write_text(json.dumps({"points": points}))
+    shapes = [{"name": s.name, "input_len": s.input_len, "output_len": s.output_len} for s in bench_spec.DEFAULT_SHAPES]
+    (folder / "speed.json").write_text(json.dumps({"shapes": shapes, "points": points}))
     (folder / "accept_length.json").write_text(json.dumps({"accept_length": accept}))
 
 
@@ -31,6 +32,15 @@ def test_speedups_against_mtp_off_from_saved_sweeps(tmp_path: Path, capsys) -> N
     assert [r["tok_s_vs_off"] for r in nextn] == [pytest.approx(2.4)] * 2 and nextn[0]["accept_length"] == 3.3
     assert report["projection"] == []  # one depth: nothing to fit
     assert "2.50" in capsys.readouterr().out
+
+
+def test_a_sweep_saved_at_other_prompt_shapes_is_not_this_runs(tmp_path: Path) -> None:
+    _saved(tmp_path, "bf16-mtp-off", tpot_ms=4.0, tok_s=250, accept=None)
+    _saved(tmp_path, "bf16-NEXTN-5-1-6-P0.75", tpot_ms=1.6, tok_s=600, accept=3.3)
+    argv = ["--layers", "8", "--acceptance", "0.75", "--prompt-shapes", "in128-out2048", "--out", str(tmp_path)]
+    assert bench_spec.main(argv) == 1  # both to measure again, and no GPU here
+    report = json.loads((tmp_path / "bench_spec.json").read_text())
+    assert report["rows"] == [] and set(report["failures"]) == {"bf16 mtp-off, 8 layers", "bf16 NEXTN 5/1/6 P=0.75, 8 layers"}
 
 
 def test_several_draft_shapes_and_depths_project_to_the_full_model(tmp_path: Path, capsys) -> None:

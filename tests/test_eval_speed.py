@@ -98,6 +98,30 @@ def test_sweep_against_a_baseline_writes_table_json_and_plots(tmp_path: Path, ca
     assert "1.500" in out and "1.250" in out
 
 
+def test_prompt_shapes_other_than_the_cards_are_swept_as_given(tmp_path: Path):
+    commands = []
+
+    def fake_bench(command: list[str], timeout_s: float) -> int:
+        commands.append(dict(zip(command[3::2], command[4::2])))
+        return _write_record(command)
+
+    with OpenAIDouble(lambda m: "") as double:
+        args = parser().parse_args(["speed", "--base-url", double.base_url, "--model", "tiny-qwen3.5-moe", "--tokenizer", "/tok",
+                                    "--shapes", "in128-out1024", "--concurrency", "1", "--output", str(tmp_path)])  # fmt: skip
+        assert speed.main(args, resolve(None, args.base_url, args.model), runner=fake_bench) == 0
+    assert [(o["--random-input-len"], o["--random-output-len"]) for o in commands] == [("128", "1024")]
+    doc = json.loads((tmp_path / "speed.json").read_text())
+    assert doc["shapes"] == [{"name": "in128-out1024", "input_len": 128, "output_len": 1024}]
+    assert [p["shape"] for p in doc["points"]] == ["in128-out1024"]
+
+
+@pytest.mark.parametrize("shapes", ["in128", "in0-out10", "", "in4000-out200,x"])
+def test_a_malformed_prompt_shape_is_a_usage_error(shapes: str, capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["speed", "--base-url", "http://h:1", "--shapes", shapes])
+    assert "expected" in capsys.readouterr().err
+
+
 def test_command_without_a_local_tokenizer_names_the_served_model(tmp_path: Path):
     args = parser().parse_args(["speed", "--base-url", "http://h:1", "--model", "Qwen/Qwen3.5-35B-A3B"])
     command = speed.bench_command(resolve(None, args.base_url, args.model), speed.SHAPES[1], 2, tmp_path / "o.jsonl", args)

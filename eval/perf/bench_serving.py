@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.perf import bench_decode
-from eval.speed import concurrency_list
+from eval.speed import SHAPES, Shape, concurrency_list
 from launch import server
 from launch.errors import LaunchError
 from launch.recipe import LoadedRecipe, load_recipe
@@ -60,12 +60,13 @@ def case_overrides(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -
     return [f"model.path={checkpoint}", *generated, bench_decode.MEM_FRACTION, *fse, *sets]
 
 
-def speed_command(base_url: str, model: str, checkpoint: Path, concurrency: list[int], out: Path) -> list[str]:
+def speed_command(base_url: str, model: str, checkpoint: Path, concurrency: list[int], out: Path,
+                  shapes: tuple[Shape, ...] = SHAPES) -> list[str]:  # fmt: skip
     """`python -m eval speed` against one server: random token ids (no dataset download), the
-    checkpoint's own tokenizer."""
+    checkpoint's own tokenizer, `shapes` (default card 003's)."""
     return [sys.executable, "-m", "eval", "speed", "--base-url", base_url, "--model", model, "--tokenizer",
             str(checkpoint), "--dataset", "random-ids", "--concurrency", ",".join(map(str, concurrency)),
-            "--output", str(out)]  # fmt: skip
+            "--shapes", ",".join(s.name for s in shapes), "--output", str(out)]  # fmt: skip
 
 
 BENCH_SERVING = "sglang.benchmark.serving"
@@ -88,15 +89,16 @@ def case_recipe(case: bench_decode.Case, checkpoint: Path, sets: list[str]) -> L
 
 
 def sweep(case: bench_decode.Case, loaded: LoadedRecipe, checkpoint: Path, concurrency: list[int], out: Path,
-          while_serving: Callable[[str], Any] | None = None) -> Any:  # fmt: skip
-    """Start the case's server, run eval speed against it (out/speed.json), then `while_serving(base_url)` if
-    given (its result is returned), stop the server. `case` needs only a `fmt` and a `label`."""
+          while_serving: Callable[[str], Any] | None = None, shapes: tuple[Shape, ...] = SHAPES) -> Any:  # fmt: skip
+    """Start the case's server, run eval speed against it (out/speed.json) at `shapes`, then
+    `while_serving(base_url)` if given (its result is returned), stop the server. `case` needs only a `fmt` and a
+    `label`."""
     try:  # a server already on the port would answer the health check and be measured instead
         server.check_port_free(loaded.recipe.host, loaded.recipe.port)
     except LaunchError as error:
         raise LaunchError(error.args[0], hint=f"--set {case.fmt}:port={loaded.recipe.port + 1}, or stop it") from None
     plan = server.plan(loaded, str(checkpoint), out / "logs")
-    command = speed_command(plan.base_url, loaded.recipe.model.served_name, checkpoint, concurrency, out)
+    command = speed_command(plan.base_url, loaded.recipe.model.served_name, checkpoint, concurrency, out, shapes)
     with server.running(plan, timeout_s=1200):
         done = subprocess.run(command, env={**os.environ, "PYTHONPATH": server.repo_python_path()})
         extra = while_serving(plan.base_url) if while_serving and done.returncode == 0 else None

@@ -33,12 +33,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from eval.perf import bench_decode, bench_serving
-from eval.speed import concurrency_list
+from eval import speed
 from launch.recipe import load_recipe
 from sglang_ext.fixtures.model_config import SHAPES
 from sglang_ext.formats.safetensors_headers import StoredEntry, read_checkpoint
 
 CARD_001_CACHE = ("page-size=64", "mamba-radix-cache-strategy=extra_buffer")
+# Card 003's shapes, whose prefills share each request's lifetime with its decoding at concurrency > 1, and one
+# where decoding outweighs prefill eight to one, so 1 / TPOT is the decode speed.
+DEFAULT_SHAPES = (*speed.SHAPES, speed.Shape("in128-out1024", 128, 1024))
 
 
 @dataclass(frozen=True)
@@ -123,13 +126,20 @@ def step_bytes_ratio(entries: list[StoredEntry], config: dict, steps: tuple[int,
     return accept * read(batch) / spec_step
 
 
-def sweep(case: SpecCase, checkpoint: Path, sets: list[str], concurrency: list[int], out: Path) -> None:
+def sweep(case: SpecCase, checkpoint: Path, sets: list[str], concurrency: list[int], shapes: tuple[speed.Shape, ...], out: Path) -> None:
     """The format's tiny recipe serving `checkpoint` with the whole GPU, `sets` (eval.perf.bench_decode's per-format
-    options at real shapes) and the case's NEXTN options, swept by eval speed; then its accept length."""
+    options at real shapes) and the case's NEXTN options, swept by eval speed at `shapes`; then its accept length."""
     overrides = bench_serving.case_overrides(bench_decode.Case(case.fmt, None), checkpoint, [*CARD_001_CACHE, *sets, *case.sets()])
     loaded = load_recipe(bench_decode.tiny_recipe(case.fmt), overrides)
-    measured = bench_serving.sweep(case, loaded, checkpoint, concurrency, out, accept_length if case.steps else None)
+    measured = bench_serving.sweep(case, loaded, checkpoint, concurrency, out, accept_length if case.steps else None, shapes)
     (out / "accept_length.json").write_text(json.dumps({"accept_length": measured}) + "\n")
+
+
+def swept(folder: Path, shapes: tuple[speed.Shape, ...]) -> bool:
+    """A finished sweep in `folder` at these prompt shapes."""
+    if not (folder / "accept_length.json").exists():
+        return False
+    return [s["name"] for s in json.loads((folder / "speed.json").read_text()).get("shapes", [])] == [s.name for s in shapes]
 
 
 def rows_of(case: SpecCase, folder: Path, checkpoint: Path) -> list[SpecRow]:
@@ -223,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acceptance", type=_shares, default="0.5,0.75,0.9", help="MTP head shares P (default 0.5,0.75,0.9)")
     parser.add_argument("--spec", type=_steps, nargs="+", default=[(5, 1, 6)],
                         help="NEXTN draft shapes steps,topk,draft-tokens (default card 001's 5,1,6), e.g. 5,1,6 3,1,4")  # fmt: skip
-    parser.add_argument("--concurrency", type=concurrency_list, default="1,4,10", help="default 1,4,10 (card 001's max running)")
+    parser.add_argument("--concurrency", type=speed.concurrency_list, default="1,4,10", help="default 1,4,10 (card 001's max running)")
+    parser.add_argument("--prompt-shapes", type=speed.shape_list, default=",".join(s.name for s in DEFAULT_SHAPES),
+                        help="inN-outM,... (default card 003's two and in128-out1024, where decoding outweighs prefill)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_spec")
     args = parser.parse_args(argv)
     options = bench_decode.format_options(parser, args)
@@ -232,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                          *(SpecCase(fmt, layers, p, s) for p in args.acceptance for s in args.spec))]  # fmt: skip
     folder = {c: args.out / "spec" / f"{args.shape}-{c.layers}L" / c.slug for c in todo}
     checkpoint = {c: bench_decode.checkpoint_path(args.out, args.shape, c.layers, c.fmt, c.acceptance) for c in todo}
-    waiting = [c for c in todo if not (folder[c] / "accept_length.json").exists()]
+    waiting = [c for c in todo if not swept(folder[c], args.prompt_shapes)]
     pending, unmeasured = bench_decode.measurable(waiting)
     failures = {c.name: unmeasured[c.label] for c in waiting if c not in pending}
     if pending:
@@ -240,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     for case in pending:
         bench_decode.ensure_checkpoint(args.out, args.shape, case.layers, case.fmt, case.acceptance)
         try:
-            sweep(case, checkpoint[case], options[case.fmt].sets, args.concurrency, folder[case])
+            sweep(case, checkpoint[case], options[case.fmt].sets, args.concurrency, args.prompt_shapes, folder[case])
         except RuntimeError as error:
             failures[case.name] = str(error)
-    done = [c for c in todo if (folder[c] / "accept_length.json").exists()]
+    done = [c for c in todo if swept(folder[c], args.prompt_shapes)]
     rows = with_ratios([row for c in done for row in rows_of(c, folder[c], checkpoint[c])])
     projection = projected(rows, SHAPES[args.shape].num_layers)
     report = {"shape": args.shape, "layers": args.layers, "rows": [asdict(r) for r in rows],
