@@ -79,10 +79,10 @@ def expected_tensors(
     quantized, are per expert unless `mtp_fused_experts`."""
     if fused_experts is None:
         fused_experts = scheme is None
-    quant_config = quant_config or {}
+    excluded = scheme.excluded(quant_config or {}) if scheme is not None else None
     expected = []
     for spec in checkpoint_specs(config, fused_experts, mtp_fused_experts):
-        if scheme is None or not spec.linear or scheme.is_excluded(spec.module, quant_config):
+        if excluded is None or not spec.linear or excluded(spec.module):
             expected.append(_unquantized(spec))
         else:
             out, in_ = spec.shape
@@ -91,8 +91,5 @@ def expected_tensors(
 
 
 def quantized_modules(config: dict[str, Any], scheme: Scheme, quant_config: dict[str, Any]) -> list[str]:
-    return [
-        spec.module
-        for spec in checkpoint_specs(config, fused_experts=False)
-        if spec.linear and not scheme.is_excluded(spec.module, quant_config)
-    ]
+    excluded = scheme.excluded(quant_config)
+    return [spec.module for spec in checkpoint_specs(config, fused_experts=False) if spec.linear and not excluded(spec.module)]

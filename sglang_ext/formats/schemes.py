@@ -44,9 +44,26 @@ class Scheme:
     stored: Callable[[int, int], list[StoredTensor]]
     exclusions: Callable[[dict[str, Any]], list[str]]  # the exclusion list of a quantization_config
     matches: Callable[[str, str], bool]  # does exclusion entry (1st) cover module (2nd)?
+    names: Callable[[str], tuple[str, ...]] = lambda module: (module,)  # what a plain-name entry is compared with
 
     def is_excluded(self, module: str, quant_config: dict[str, Any]) -> bool:
-        return any(self.matches(entry, module) for entry in self.exclusions(quant_config))
+        return self.excluded(quant_config)(module)
+
+    def excluded(self, quant_config: dict[str, Any]) -> Callable[[str], bool]:
+        """`is_excluded` for the modules of one config, its list read once: a published exclusion list names
+        thousands of modules (every BF16 MTP expert), and a model has as many to look up."""
+        entries = self.exclusions(quant_config)
+        plain = {entry for entry in entries if not _is_pattern(entry)}
+        patterns = [entry for entry in entries if _is_pattern(entry)]
+
+        def excluded(module: str) -> bool:
+            return any(name in plain for name in self.names(module)) or any(self.matches(p, module) for p in patterns)
+
+        return excluded
+
+
+def _is_pattern(entry: str) -> bool:
+    return entry.startswith("re:") or any(c in entry for c in "*?[")
 
 
 def _exact_or_regex(entry: str, module: str) -> bool:
@@ -59,8 +76,12 @@ def _quark_match(entry: str, module: str) -> bool:
     return _exact_or_regex(entry, module) or fnmatch.fnmatchcase(module, entry)
 
 
+def _module_and_parts(module: str) -> tuple[str, ...]:
+    return (module, *module.split("."))
+
+
 def _modelopt_match(entry: str, module: str) -> bool:
-    return any(fnmatch.fnmatchcase(part, entry) for part in (module, *module.split(".")))
+    return any(fnmatch.fnmatchcase(part, entry) for part in _module_and_parts(module))
 
 
 def _mxfp4_stored(out: int, in_: int, packed: str) -> list[StoredTensor]:
@@ -130,6 +151,7 @@ MODELOPT_NVFP4 = Scheme(
     stored=_nvfp4_stored,
     exclusions=lambda qc: _names(qc, "exclude_modules") or _names(qc, "ignore"),
     matches=_modelopt_match,
+    names=_module_and_parts,
 )
 CT_MXFP4 = Scheme(
     name="ct-mxfp4",
