@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 
 from eval.perf import bench_decode
-from sglang_ext.fixtures import write_fixture
+from sglang_ext.fixtures import STAMP_FILE, write_fixture
 
 
 def test_options_come_from_the_tiny_recipe_with_sets_on_top() -> None:
@@ -61,6 +61,16 @@ def test_decode_bytes_read_dense_weights_once_and_the_experts_a_batch_touches(tm
     top_k, experts = config["text_config"]["num_experts_per_tok"], config["text_config"]["num_experts"]
     assert bench_decode.decode_bytes(checkpoint, config, 1) == pytest.approx(dense + routed * top_k / experts)
     assert bench_decode.decode_bytes(checkpoint, config, 10_000) == pytest.approx(dense + routed)
+
+
+def test_a_benchmark_checkpoint_is_written_once_by_a_process_of_its_own(tmp_path: Path) -> None:
+    checkpoint = bench_decode.ensure_checkpoint(tmp_path, "tiny", 2, "bf16", mtp_acceptance=0.8, device="cpu")
+    assert checkpoint == bench_decode.checkpoint_path(tmp_path, "tiny", 2, "bf16", 0.8) and (checkpoint / STAMP_FILE).exists()
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert len(config["text_config"]["layer_types"]) == 2 and config["text_config"]["vocab_size"] >= bench_decode.ONE_BATCH_PROMPT_IDS
+    written = (checkpoint / "model.safetensors").stat().st_mtime_ns
+    assert bench_decode.ensure_checkpoint(tmp_path, "tiny", 2, "bf16", mtp_acceptance=0.8, device="cpu") == checkpoint
+    assert (checkpoint / "model.safetensors").stat().st_mtime_ns == written  # complete: kept
 
 
 def test_benchmark_checkpoints_hold_every_prompt_id_one_batch_draws() -> None:

@@ -32,12 +32,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,7 @@ def hbm_bandwidth_gbs() -> float:
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / 10
     del x, y
+    torch.cuda.empty_cache()  # the 8 GiB go back to the GPU before the measured servers start
     return 2 * (4 << 30) / seconds / 1e9
 
 
@@ -185,14 +188,17 @@ def checkpoint_path(out: Path, shape: str, layers: int, fmt: str, mtp_acceptance
     return out / "checkpoints" / f"{shape}-{layers}L-{fmt}{f'-mtp{mtp_acceptance:g}' if mtp_acceptance else ''}"
 
 
-def ensure_checkpoint(out: Path, shape: str, layers: int, fmt: str, mtp_acceptance: float = 0.0) -> Path:
-    """The real-shaped random checkpoint of `fmt` at `checkpoint_path`, written on the GPU unless a complete one
+def ensure_checkpoint(out: Path, shape: str, layers: int, fmt: str, mtp_acceptance: float = 0.0, device: str = "cuda") -> Path:
+    """The real-shaped random checkpoint of `fmt` at `checkpoint_path`, written on `device` unless a complete one
     is there."""
     checkpoint = checkpoint_path(out, shape, layers, fmt, mtp_acceptance)
     if not (checkpoint / STAMP_FILE).exists():  # written last: a run cut off mid-write starts over
         started = time.perf_counter()
-        write_fixture(checkpoint, fmt, shape=shape, num_layers=layers, vocab_size=vocab_size(shape), device="cuda",
-                      mtp_acceptance=mtp_acceptance)  # fmt: skip
+        # In a process of its own: the tens of GB it drew on the GPU stay in the writer's CUDA cache until that
+        # process ends, and the servers measured next would start without them.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as writer:
+            writer.submit(write_fixture, checkpoint, fmt, shape=shape, num_layers=layers, vocab_size=vocab_size(shape),
+                          device=device, mtp_acceptance=mtp_acceptance).result()  # fmt: skip
         print(f"{fmt}: wrote {checkpoint.name} in {time.perf_counter() - started:.0f} s", flush=True)
     return checkpoint
 
