@@ -1,5 +1,5 @@
 """Property tests over every command line's argv: `python -m launch`, `python -m eval`, `python -m
-sglang_ext.fixtures` and `python -m sglang_ext.inspect`, given drawn flags and values (numbers out of range,
+sglang_ext.fixtures`, `python -m sglang_ext.inspect` and `python -m sglang_ext.quantize`, given drawn flags and values (numbers out of range,
 empty, unicode, YAML-looking text, paths that are files, missing or unwritable), end with exit 0, 1 or 2 and,
 when they fail, one error line that names the argument (with the fix, or argparse's usage), never a traceback.
 
@@ -26,6 +26,7 @@ from hypothesis import given, strategies as st
 from launch import __main__ as launch_cli
 from sglang_ext import inspect as inspect_cli
 from sglang_ext.fixtures import __main__ as fixtures_cli
+from sglang_ext.quantize import __main__ as quantize_cli
 
 # Text a user might type, or mistype: empty, unicode, YAML-looking, flag-looking, numbers out of range.
 TYPED = st.one_of(
@@ -193,3 +194,19 @@ def test_inspect_ends_with_one_clear_error_or_a_report(places, data) -> None:
         assert argv[0] in printed.replace("\n", "") or not argv[0].isprintable(), (argv, printed[-2000:])  # rich drops control characters
         return
     check_ending(argv, status, printed)
+
+
+@given(data=st.data())
+def test_quantize_ends_with_one_clear_error_or_a_checkpoint(places, data, tmp_path_factory) -> None:
+    fresh = TYPED.map(lambda name: str(tmp_path_factory.getbasetemp() / "quantized" / name))
+    argv = [data.draw(_path(places), label="src"), data.draw(st.one_of(_path(places), fresh), label="out")]
+    if data.draw(st.booleans(), label="--to"):
+        argv += ["--to", data.draw(st.one_of(st.sampled_from(["quark-w8a8-int8", "ct-mxfp4", "modelopt-nvfp4", "int3"]), TYPED))]
+    for _ in range(data.draw(st.integers(0, 3), label="flags")):
+        flag = data.draw(st.sampled_from(["--scales", "--input-amax", "--max-shard-size", "--threads", "--fuse-shared-expert"]))
+        choices = {"--scales": ["max", "mse", "min"], "--input-amax": ["8", "0", "-1", "inf"],
+                   "--max-shard-size": ["5GB", "1KB", "0", "2GiB"], "--threads": ["1", "2", "0", "-3"]}.get(flag)  # fmt: skip
+        argv += [flag] if choices is None else [flag, data.draw(st.one_of(st.sampled_from(choices), TYPED))]
+    status, printed = run(quantize_cli.main, [*argv, "--no-progress"])
+    check_ending(argv, status, printed)
+

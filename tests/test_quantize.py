@@ -267,14 +267,16 @@ def test_peak_rss_does_not_grow_with_the_number_of_layers(tmp_path: Path) -> Non
     assert peaks[8] < peaks[2] + RSS_SLACK  # ... the memory did not
 
 
-# --- one-line errors ----------------------------------------------------------------------------------------
+# --- errors: what is wrong, then the fix ----------------------------------------------------------------------------------------
 
 
 def error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The CLI's error line, after checking it ends with exit 1, that line and a fix line, and no traceback."""
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: "), err
-    return err
+    lines = err.splitlines()
+    assert "Traceback" not in err and len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("fix: "), err
+    return lines[0]
 
 
 def test_an_unknown_architecture_is_refused(sources, tmp_path: Path, capsys) -> None:

@@ -56,20 +56,21 @@ def peak_rss_bytes() -> int:
 
 def _finished_shards(out: Path, job: Job) -> dict[str, ShardRecord]:
     """The shards of an earlier run of `job` in `out` that are still intact; {} for a new or empty `out`."""
-    if out.exists() and not out.is_dir():
-        raise QuantizeError(f"{out} is a file, not a directory: give a new or empty directory")
+    blocking = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        where = f"{out} is" if blocking == out else f"{out}: its parent {blocking} is"
+        raise QuantizeError(f"{where} a file, not a directory", "give a new or empty directory as OUT")
     if not out.exists() or not any(out.iterdir()):
         out.mkdir(parents=True, exist_ok=True)
         return {}
     previous = read_progress(out / PROGRESS_FILE) or read_progress(out / RECORD_FILE)
     if previous is None:
-        raise QuantizeError(f"{out} is not empty and holds no run of this tool to resume: give a new or empty directory")
+        raise QuantizeError(f"{out} is not empty and holds no run of this tool to resume",
+                            "give a new or empty directory as OUT, or the OUT of an unfinished run of the same command")  # fmt: skip
     differences = previous.job.differences(job)
     if differences:
-        raise QuantizeError(
-            f"{out} holds a run of another job ({', '.join(differences)} differ): give a new or empty directory, "
-            "or the same source and options to resume it"
-        )
+        raise QuantizeError(f"{out} holds a run of another job ({', '.join(differences)} differ)",
+                            "give a new or empty directory as OUT, or the same source and options to resume that run")  # fmt: skip
     return {
         record.name: record
         for record in previous.shards
@@ -82,7 +83,8 @@ def _finished_shards(out: Path, job: Job) -> dict[str, ShardRecord]:
 def _check_free_space(out: Path, needed: int) -> None:
     free = shutil.disk_usage(out).free
     if needed > free:
-        raise QuantizeError(f"{out}: {free / 1e9:.1f} GB free, the output needs {needed / 1e9:.1f} GB more: free space or pick another disk")
+        raise QuantizeError(f"{out}: {free / 1e9:.1f} GB free, the output needs {needed / 1e9:.1f} GB more",
+                            "free space, or give an OUT on another disk")  # fmt: skip
 
 
 def _write_index(out: Path, shards: list[ShardPlan]) -> None:
@@ -107,7 +109,7 @@ def quantize(
     try:
         encoder = encoders.encoder(fmt, options)
     except ValueError as error:  # NeedsCalibration included
-        raise QuantizeError(str(error)) from None
+        raise QuantizeError(str(error), "python -m sglang_ext.quantize --help says which options each format takes") from None
     source = Source(src)
     plan = encoder.plan(source.config, source.mtp_fused_experts)
     shards = plan_shards(encoder.units(plan.tensors), max_shard_bytes)
@@ -126,7 +128,8 @@ def _no_space_is_one_line(out: Path) -> Iterator[None]:
         if error.errno != errno.ENOSPC:
             raise
         free = shutil.disk_usage(out).free / 1e9
-        raise QuantizeError(f"{out}: no space left on device ({free:.1f} GB free): free space, then rerun the same command to resume") from None
+        raise QuantizeError(f"{out}: no space left on device ({free:.1f} GB free)",
+                            "free space, then rerun the same command: finished shards are kept") from None  # fmt: skip
 
 
 def _write(src: Path, out: Path, source: Source, encoder: encoders.Encoder, plan: encoders.Plan, shards: list[ShardPlan],

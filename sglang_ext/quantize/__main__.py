@@ -32,14 +32,30 @@ def _amax(text: str) -> float:
     return value
 
 
+def _directory(text: str) -> Path:
+    if not text.strip():  # Path("") is the working directory
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty path; give a checkpoint directory")
+    return Path(text)
+
+
+def _threads(text: str) -> int:
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if not 1 <= threads <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of torch threads from 1 to 1024, e.g. 1")
+    return threads
+
+
 def _gb(nbytes: int) -> str:
     return f"{nbytes / 1e9:.2f} GB"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sglang_ext.quantize", description=__doc__.split(": ", 1)[1])
-    parser.add_argument("src", type=Path, help="BF16 checkpoint directory (config.json + *.safetensors)")
-    parser.add_argument("out", type=Path, help="output directory: new, empty, or an unfinished run of the same job")
+    parser.add_argument("src", type=_directory, help="BF16 checkpoint directory (config.json + *.safetensors)")
+    parser.add_argument("out", type=_directory, help="output directory: new, empty, or an unfinished run of the same job")
     parser.add_argument("--to", dest="fmt", choices=FORMATS, required=True)
     parser.add_argument("--fuse-shared-expert", action="store_true",
                         help="quantize the shared expert too (modelopt-nvfp4, ct-mxfp4), so SGLang can fuse it into "
@@ -52,18 +68,22 @@ def main(argv: list[str] | None = None) -> int:
                              "(this tool does not calibrate)")  # fmt: skip
     parser.add_argument("--max-shard-size", type=_size, default=DEFAULT_MAX_SHARD_BYTES, metavar="SIZE",
                         help="largest output shard (default 5GB)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=_threads, default=1,
                         help="torch threads (default 1: a Linear or one expert is too small for more to pay; measured "
                              "slower with 2 on a 2-core machine)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(args.threads, 1))
+    torch.set_num_threads(args.threads)
     options = Options(scales=SCALE_RULES[args.scales], fuse_shared_expert=args.fuse_shared_expert, input_amax=args.input_amax)
     try:
         record = quantize(args.src, args.out, args.fmt, options, max_shard_bytes=args.max_shard_size,
                           show_progress=not args.no_progress)  # fmt: skip
     except QuantizeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}\nfix: {error.fix}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a path that cannot be read or written, beyond the checks above
+        print(f"error: {error.filename or args.out}: {error.strerror or error}\n"
+              f"fix: give a SRC you can read and an OUT you can write", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command to resume (finished shards in {args.out} are kept)", file=sys.stderr)

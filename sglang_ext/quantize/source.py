@@ -28,7 +28,14 @@ _PER_EXPERT = re.compile(r"^(?P<experts>model\.language_model\.layers\.\d+\.mlp\
 
 
 class QuantizeError(Exception):
-    """A problem the user can fix, said in one line (the CLI prints it without a traceback)."""
+    """A problem the user can fix: what is wrong, and the fix (the CLI prints both, without a traceback)."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+REEXPORT = "re-download or re-export the checkpoint"
 
 
 class Source:
@@ -39,20 +46,19 @@ class Source:
         try:
             scheme, _, self.config = checkpoint_scheme(self.path)
         except (ConfigError, HeaderError, UnsupportedQuantization) as error:
-            raise QuantizeError(f"{self.path}: {error}") from None
+            raise QuantizeError(f"{self.path}: {error}", f"python -m sglang_ext.inspect {self.path} says what the checkpoint lacks") from None
         architectures = self.config.get("architectures")
         if architectures != list(ARCHITECTURES):
-            raise QuantizeError(
-                f"{self.path}: architecture {architectures} is not supported; this tool quantizes {', '.join(ARCHITECTURES)} "
-                "checkpoints (Qwen3.5 / Qwen3.6 MoE)"
-            )
+            raise QuantizeError(f"{self.path}: architecture {architectures} is not supported",
+                                f"give a Qwen3.5 / Qwen3.6 MoE checkpoint ({', '.join(ARCHITECTURES)})")  # fmt: skip
         if scheme is not None:
-            raise QuantizeError(f"{self.path}: already quantized ({scheme.name}); give the BF16 checkpoint")
+            raise QuantizeError(f"{self.path}: already quantized ({scheme.name})", "give the BF16 checkpoint it was made from")
         report = check_checkpoint(self.path)
         if not report.ok:
             first = report.problems[0]
-            more = f" (and {len(report.problems) - 1} more problems: python -m sglang_ext.inspect {self.path})" if len(report.problems) > 1 else ""
-            raise QuantizeError(f"{self.path}: {first.tensor or 'checkpoint'}: {first.message}{more}")
+            more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+            raise QuantizeError(f"{self.path}: {first.tensor or 'checkpoint'}: {first.message}{more}",
+                                f"{REEXPORT}; python -m sglang_ext.inspect {self.path} lists every problem")  # fmt: skip
         self.entries: dict[str, StoredEntry] = {entry.name: entry for entry in read_checkpoint(self.path)}
         self.mtp_fused_experts = layout.mtp_experts_fused(self.entries)
         self._fds: dict[str, int] = {}
@@ -70,7 +76,7 @@ class Source:
         while done < nbytes:  # one read returns at most ~2 GiB on Linux
             count = os.preadv(self._fds[entry.file], [view[done:]], entry.offset + offset + done)
             if count == 0:
-                raise QuantizeError(f"{self.path / entry.file}: ends inside tensor {entry.name!r}: the file is truncated")
+                raise QuantizeError(f"{self.path / entry.file}: ends inside tensor {entry.name!r}: the file is truncated", REEXPORT)
             done += count
         return torch.frombuffer(buffer, dtype=TORCH_DTYPES[entry.dtype]).reshape(shape)
 
@@ -81,7 +87,7 @@ class Source:
         if match is not None:
             entry = self.entries.get(f"{match['experts']}.{'down_proj' if match['proj'] == 'down' else 'gate_up_proj'}")
         if entry is None:
-            raise QuantizeError(f"{self.path}: tensor {name!r} is missing")
+            raise QuantizeError(f"{self.path}: tensor {name!r} is missing", REEXPORT)
         proj = match["proj"]
         rows = entry.shape[1] if proj == "down" else entry.shape[1] // 2
         start = rows if proj == "up" else 0
