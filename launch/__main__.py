@@ -146,14 +146,21 @@ def launch(args: argparse.Namespace) -> int:
         print_substitutions(loaded, args.stand_in)
     server.check_exposure(loaded)
     replicas = recipe.topology.replicas
-    gpus, counted = hardware.gpus_needed(recipe)
+    per_gpu, why_shared = topology.replicas_per_gpu(loaded, machine)
+    gpus, counted = hardware.gpus_needed(recipe, per_gpu)
     reasons = hardware.misfits(recipe.hardware, machine, (gpus, counted))
     planning_only = args.dry_run or not machine.gpus
     model_path = _model_path(loaded, materialize=not args.dry_run)
     if check_local_checkpoint(model_path, recipe.checkpoint_format, loaded.name, drafts_with_its_mtp_head(recipe.server_args)):
         err.print(f"checkpoint: {model_path} matches its config.json ({recipe.checkpoint_format})")
-    memory_plan = _memory_plan(recipe, machine, model_path)
-    plans = _plans(loaded, model_path, args, planning_only)
+    gpu = _gpu_bytes(recipe, machine)
+    checkpoint = memory.checkpoint_memory(Path(model_path), recipe.server_args)
+    try:
+        sharing = memory.share_gpu(per_gpu, recipe.server_args, gpu, checkpoint) if per_gpu > 1 else None
+    except LaunchError as error:
+        raise LaunchError(f"{why_shared}: {error.args[0]}", hint=error.hint) from None
+    memory_plan = sharing or (memory.plan(*checkpoint, gpu, recipe.server_args) if checkpoint and gpu else None)
+    plans = _plans(loaded, model_path, args, planning_only, sharing)
 
     err.print(f"[bold]{loaded.name}[/]: {recipe.title}  [dim]({loaded.path})[/]")
     err.print(f"machine: {machine.summary()}")
@@ -161,8 +168,13 @@ def launch(args: argparse.Namespace) -> int:
               + (f", ≥{recipe.hardware.min_memory_gib:g} GiB each" if recipe.hardware.min_memory_gib else "")
               + (f", behind smg's router" if replicas > 1 else "")
               + (f", on each of {recipe.topology.nodes} hosts" if recipe.topology.nodes > 1 else ""))  # fmt: skip
-    if memory_plan:
+    if sharing:
+        err.print(f"shared GPUs ({why_shared}): {sharing.summary()}", soft_wrap=True)
+        for line in sharing.plan_lines():
+            err.print(f"memory, {line}", soft_wrap=True)
+    elif memory_plan:
         err.print(f"memory: {memory_plan.summary()}", soft_wrap=True)
+    if memory_plan:
         reasons += memory_plan.problems()
     if reasons:
         err.print(f"[yellow]does not fit this machine:[/] {'; '.join(reasons)}")
@@ -187,17 +199,15 @@ def launch(args: argparse.Namespace) -> int:
     return _serve(plans, recipe.model.served_name, args.timeout)
 
 
-def _memory_plan(recipe, machine: hardware.Machine, model_path: str) -> memory.MemoryPlan | None:
-    """How SGLang will split one GPU (this machine's smallest suitable one, else the recipe's minimum) for a
-    local checkpoint; None where neither a checkpoint nor a GPU size is known."""
+def _gpu_bytes(recipe, machine: hardware.Machine) -> int | None:
+    """The GPU memory to plan with: this machine's smallest GPU of the recipe's vendor, else the recipe's minimum."""
     usable = [g.memory_gib for g in machine.gpus if recipe.hardware.vendor in ("any", g.vendor)]
     gib = min(usable) if usable else recipe.hardware.min_memory_gib
-    if not gib:
-        return None
-    return memory.plan_for_checkpoint(Path(model_path), int(gib * memory.GIB), recipe.server_args)
+    return int(gib * memory.GIB) if gib else None
 
 
-def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, planning_only: bool) -> list[tuple[str, server.ServerPlan]]:
+def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, planning_only: bool,
+           sharing: memory.SharedGpu | None) -> list[tuple[str, server.ServerPlan]]:  # fmt: skip
     """(label, plan) of every process this host starts: the server, a node of a multi-node server (every
     node when only planning), or the replicas and their router."""
     layout = loaded.recipe.topology
@@ -215,28 +225,36 @@ def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, plan
                           hint="drop them, or --set topology.nodes=N for a server spanning N hosts")  # fmt: skip
     if layout.replicas > 1:
         topology.require_router()
-        replicas = topology.replica_plans(loaded, model_path, args.log_dir)
+        replicas = topology.replica_plans(loaded, model_path, args.log_dir, sharing)
         router = topology.router_plan(loaded, replicas, args.log_dir)
         return [*((f"replica {i}", plan) for i, plan in enumerate(replicas)), ("router (smg)", router)]
     return [("server", server.plan(loaded, model_path, args.log_dir))]
 
 
 def _serve(plans: list[tuple[str, server.ServerPlan]], served_name: str, timeout_s: float) -> int:
-    """Start every process in order, each ready before the next; serve until one exits, then stop them all."""
+    """Start every process in order, each ready before the next (replicas sharing a GPU rely on it); serve
+    until the last (the server, or the router) exits or every replica behind it has, then stop them all."""
     with contextlib.ExitStack() as stack:
         running = []
         for label, plan in plans:
             err.print(f"{label}: log {plan.log_path}")
             running.append((label, plan, stack.enter_context(server.running(plan, timeout_s))))
-        label, front, _ = running[-1]
+        label, front, front_process = running[-1]
         if front.health:
             err.print(f"[green bold]ready[/] at {front.base_url} ({label}); Ctrl-C stops {'it' if len(running) == 1 else 'all of them'}\n")
             out.print(server.usage_examples(front.base_url, served_name), highlight=False, soft_wrap=True)
         else:
             err.print(f"[green bold]{label} started[/]; it serves through node 0. Ctrl-C stops it")
-        while all(process.poll() is None for *_, process in running):
+        behind, gone = running[:-1], []
+        while front_process.poll() is None and (not behind or len(gone) < len(behind)):
+            for entry in behind:
+                if entry not in gone and entry[2].poll() is not None:
+                    gone.append(entry)
+                    if len(gone) < len(behind):
+                        err.print(f"[yellow]{entry[0]} exited with code {entry[2].returncode}[/]; the router serves with the "
+                                  f"{len(behind) - len(gone)} left (log {entry[1].log_path})")  # fmt: skip
             time.sleep(1)
-        label, plan, process = next(entry for entry in running if entry[2].poll() is not None)
+        label, plan, process = running[-1] if front_process.poll() is not None else gone[-1]
         raise LaunchError(f"{label} exited with code {process.returncode}; last log lines:\n{server.tail(plan.log_path)}")
 
 

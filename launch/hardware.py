@@ -107,16 +107,25 @@ def detect() -> Machine:
     return Machine(gpus, "torch" if gpus else "none", sglang)
 
 
-def gpus_needed(recipe: Recipe) -> tuple[int, str]:
+def gpus_needed(recipe: Recipe, replicas_per_gpu: int = 1) -> tuple[int, str]:
     """GPUs this host needs for the recipe as it will run (its server arguments after --set and --stand-in,
-    not the card's `hardware.gpu_count`), and how they were counted."""
+    not the card's `hardware.gpu_count`), with `replicas_per_gpu` replicas sharing each GPU (each set of
+    GPUs a replica's parallelism takes), and how they were counted."""
     size, layout = recipe.parallelism, recipe.topology
     counted = f"tp {size['tp']} × pp {size['pp']} × dp {size['dp']}"
     if layout.nodes > 1:
         counted += f" over {layout.nodes} hosts"
     if layout.replicas > 1:
         counted += f", {layout.replicas} replicas"
-    return recipe.gpus_per_host * layout.replicas, counted
+    if replicas_per_gpu > 1:
+        counted += f", {replicas_per_gpu} per GPU" if recipe.gpus_per_host == 1 else f", {replicas_per_gpu} per {recipe.gpus_per_host} GPUs"
+    return recipe.gpus_per_host * -(-layout.replicas // replicas_per_gpu), counted
+
+
+def suitable(spec: HardwareSpec, machine: Machine) -> list[Gpu]:
+    """The GPUs of `machine` a recipe needing `spec` can use: its vendor, an accepted architecture, enough memory."""
+    return [g for g in machine.gpus if spec.vendor in ("any", g.vendor) and (not spec.archs or g.arch in spec.archs)
+            and g.memory_gib >= spec.min_memory_gib]  # fmt: skip
 
 
 def misfits(spec: HardwareSpec, machine: Machine, gpus: tuple[int, str] | None = None) -> list[str]:
@@ -140,7 +149,6 @@ def misfits(spec: HardwareSpec, machine: Machine, gpus: tuple[int, str] | None =
             reasons.append(
                 f"needs {spec.min_memory_gib:g} GiB per GPU, largest here has {max(g.memory_gib for g in usable):.1f} GiB"
             )
-        usable = roomy
-    if not reasons and len(usable) < gpus_needed:
-        reasons.append(f"needs {gpus_needed} GPUs{f' ({counted})' if counted else ''}, {len(usable)} suitable here")
+    if not reasons and (found := len(suitable(spec, machine))) < gpus_needed:
+        reasons.append(f"needs {gpus_needed} GPUs{f' ({counted})' if counted else ''}, {found} suitable here")
     return reasons

@@ -141,12 +141,16 @@ class Topology(_Strict):
     nodes: int = Field(1, ge=1, le=64, description="hosts one server spans (SGLang --nnodes): every host runs "
                        "`python -m launch RECIPE --node-rank K --dist-init-addr HEAD:PORT`")  # fmt: skip
     replicas: int = Field(1, ge=1, le=64, description="servers on this host, each on the GPUs its parallelism takes, behind smg's router")
+    replicas_per_gpu: int | None = Field(None, ge=1, le=64, description="replicas sharing each GPU (or set of GPUs), which split the "
+                                         "memory one server would take; unset: shared only where the host has too few GPUs")  # fmt: skip
     router_policy: RouterPolicy = Field("cache_aware", description="smg's policy across the replicas")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Topology:
         if self.nodes > 1 and self.replicas > 1:
             raise ValueError("replicas of a multi-node server are not launched from one host: set nodes or replicas, not both")
+        if self.replicas_per_gpu is not None and self.replicas_per_gpu > self.replicas:
+            raise ValueError(f"replicas_per_gpu ({self.replicas_per_gpu}) is more than the replicas ({self.replicas})")
         return self
 
 

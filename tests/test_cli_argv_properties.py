@@ -113,7 +113,7 @@ def check_ending(argv: list[str], status: int, printed: str) -> None:
 
 
 LAUNCH_KEYS = ["tp-size", "port", "host", "page-size", "attention-backend", "mem-fraction-static", "model.path",
-               "model.fixture", "eval.max_tokens", "eval.concurrency", "topology.nodes", "topology.replicas",
+               "model.fixture", "eval.max_tokens", "eval.concurrency", "topology.nodes", "topology.replicas", "topology.replicas_per_gpu",
                "hardware.vendor", "hardware.gpu_count", "stand_ins.sm90.why", "stand_ins.sm99x.why",
                "stand_ins.sm90.server_args.attention-backendd", "sglang.version", "api_key_env", "title", "nope.nope"]  # fmt: skip
 

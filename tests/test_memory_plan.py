@@ -11,7 +11,7 @@ from launch import __main__ as cli
 from launch import hardware
 from launch.errors import LaunchError
 from launch.hardware import Machine, parse_nvidia_smi
-from launch.memory import GIB, ModelMemory, draft_model_path_args, plan
+from launch.memory import GIB, ModelMemory, draft_model_path_args, plan, runtime_reserve, share_gpu
 from launch.recipe import load_recipe
 from launch.sglang_options import parse_with_sglang
 from sglang_ext.fixtures.model_config import model_config
@@ -152,3 +152,57 @@ def test_gpus_needed_follow_the_parallelism_the_server_runs(monkeypatch, capsys)
 def test_gpu_count_of_each_parallelism(sets, gpus, counted):
     recipe = load_recipe("qwen3.5-397b-nvfp4-rtxpro6000", [*sets, "ep-size=1"]).recipe
     assert hardware.gpus_needed(recipe) == (gpus, counted)
+
+
+@pytest.mark.parametrize("replicas", [2, 3, 4])
+def test_replicas_sharing_a_gpu_take_together_what_one_server_would(replicas):
+    """SGLang takes mem-fraction-static of the memory free at a server's start: each replica started after
+    others holding their share takes its own share and no more, all of them the recipe's fraction."""
+    gpu = int(140.4 * GIB)
+    shared = share_gpu(replicas, {"mem-fraction-static": 0.3, "chunked-prefill-size": 2048}, gpu)
+    assert shared.budget == 0.3 and shared.share == pytest.approx(0.3 / replicas)
+    free, taken = gpu, []
+    for fraction in shared.fractions:
+        taken.append(int(fraction * free))
+        free -= taken[-1]
+    assert all(shared.share * gpu - 1e-4 * gpu <= t <= shared.share * gpu + 1 for t in taken)  # 4 decimals, rounded down
+    assert sum(taken) <= 0.3 * gpu
+
+
+def test_sharing_keeps_each_replica_sglangs_runtime_reserve():
+    """One server's 0.9 of an H200 leaves 14 GiB; two replicas need SGLang's reserve each (an 8192-token prefill
+    chunk, decode CUDA graphs to batch 256: 13.1 GiB), so they share what is left beside both reserves."""
+    args = {"mem-fraction-static": 0.9}
+    reserve = runtime_reserve(args)
+    assert reserve == int((512 + 1.5 * 8192 + 1024 / 8 + 2 * 256) * 2**20)
+    gpu = int(140.4 * GIB)
+    shared = share_gpu(2, args, gpu)
+    assert shared.budget == pytest.approx(1 - 2 * reserve / gpu) and shared.budget < 0.9
+    assert "less their runtime" in shared.summary()
+
+
+def test_each_shared_replica_is_planned_at_the_least_memory_it_can_find_free():
+    model, gpu = _per_gpu_shape(4), int(140.4 * GIB)
+    args = {**_server_args("qwen3.5-397b-nvfp4-rtxpro6000"), "mem-fraction-static": 0.8}
+    shared = share_gpu(2, args, gpu, (model, int(8.3 * GIB)))
+    first, second = shared.plans
+    assert first.gpu == gpu and first.fraction == shared.fractions[0]
+    assert second.gpu == gpu - int(shared.share * gpu) - shared.reserve  # replica 0 holding its share and whole reserve
+    assert second.static < first.static <= shared.share * gpu
+    assert shared.problems() == []
+    heavy = share_gpu(2, args, gpu, (model, int(30 * GIB)))
+    assert heavy.problems()[0].startswith("replica 0 of a GPU: the weights (30.0 GiB) fill the static budget")
+
+
+def test_sharing_needs_the_fraction_or_the_gpu_size():
+    with pytest.raises(LaunchError, match="needs the recipe's mem-fraction-static or the GPU's size"):
+        share_gpu(2, {}, None)
+    assert share_gpu(2, {"mem-fraction-static": 0.3}, None).fractions == (0.15, 0.1764)  # 0.15 / 0.85, rounded down
+
+
+def test_replicas_whose_reserves_fill_the_gpu_are_refused_with_the_numbers():
+    with pytest.raises(LaunchError) as refused:
+        share_gpu(3, {"mem-fraction-static": 0.9, "chunked-prefill-size": 32768}, int(140.4 * GIB))
+    # 0.5 GiB + 1.5 MiB × 32768 prefill tokens + 1/8 GiB for one GPU + 2 MiB × 256 decode graph batch sizes
+    assert "3 replicas cannot share a GPU of 140 GiB: their runtime (3 × 49.1 GiB by SGLang's estimate)" in str(refused.value)
+    assert "topology.replicas_per_gpu=K" in refused.value.hint and "--no-hardware-check" not in refused.value.hint

@@ -11,14 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from launch import server, topology
+from launch import __main__ as cli
+from launch import hardware, server, topology
 from launch.errors import LaunchError
+from launch.hardware import Machine, parse_nvidia_smi
+from launch.memory import share_gpu
 from launch.recipe import load_recipe
 from launch.sglang_options import parse_with_sglang
 from openai_double import OpenAIDouble
 from tests.conftest import REPO
 
 KEY_VAR = "SGLANG_API_KEY"
+H200 = Machine(parse_nvidia_smi("NVIDIA H200, 143771, 9.0"), "nvidia-smi", "0.5.17")
 
 
 def launch(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -43,6 +47,7 @@ def commands(stdout: str) -> dict[str, list[str]]:
     (["topology.nodes=2", "topology.replicas=2"], "set nodes or replicas, not both"),
     (["topology.replicas=0"], "Input should be greater than or equal to 1"),
     (["topology.router_policy=fastest"], "topology.router_policy"),
+    (["topology.replicas=2", "topology.replicas_per_gpu=3"], r"replicas_per_gpu \(3\) is more than the replicas \(2\)"),
     (["api-key=secret"], "set by the recipe's api_key_env"),
     (["nnodes=2"], "set by the recipe's topology.nodes"),
     (["api_key_env=2BAD"], "api_key_env"),
@@ -90,6 +95,73 @@ def test_replicas_get_their_own_gpus_and_ports_and_the_router_fronts_them() -> N
     args = parse_router_args(router[router.index("smg.launch_router") + 1 :])
     assert args.worker_urls == ["http://127.0.0.1:31001", "http://127.0.0.1:31002"]
     assert (args.policy, args.host, args.port) == ("cache_aware", "127.0.0.1", 31000)
+    assert (args.prometheus_host, args.prometheus_port) == ("127.0.0.1", 31003)  # not smg's 29000 on every interface
+
+
+def _on(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "detect", lambda: machine)
+
+
+def test_two_replicas_share_one_gpu_when_the_host_has_one(monkeypatch, capsys, fixtures_root):
+    """tiny-bf16 at --replicas 2 on one 140 GiB GPU: both on GPU 0, splitting the recipe's 0.3 (what one
+    server takes) so that each, started after the other, gets 0.15 of the GPU."""
+    _on(H200, monkeypatch)
+    assert cli.main(["tiny-bf16", "--replicas", "2", "--dry-run", "--set", "port=31000", "--set", "model.fixture=null",
+                     "--set", f"model.path={fixtures_root / 'bf16'}"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    shown = " ".join(captured.err.split())
+    assert "recipe needs: 1× any any arch (tp 1 × pp 1 × dp 1, 2 replicas, 2 per GPU), behind smg's router" in shown
+    assert ("shared GPUs (1 suitable GPU here for 2 replicas of 1): 2 replicas share each GPU: 0.3 of its 140 GiB (the "
+            "recipe's mem-fraction-static), 0.15 = 21.1 GiB each") in shown  # fmt: skip
+    assert "memory, replica 0 of a GPU, 0.15 of at least 140.4 GiB free: weights" in shown
+    assert "memory, replica 1 of a GPU, 0.1764 of at least" in shown and "does not fit" not in shown
+    plans = commands(captured.out)
+    parsed = [parse_with_sglang(plans[f"replica {i}"][plans[f"replica {i}"].index("sglang.launch_server") + 1 :]) for i in range(2)]
+    assert [(p.base_gpu_id, p.port, p.mem_fraction_static) for p in parsed] == [(0, 31001, 0.15), (0, 31002, 0.1764)]
+    assert parsed[0].model_path == parsed[1].model_path == str(fixtures_root / "bf16")
+    # started one after another: the second sees what the first holds as taken, and they hold the recipe's 0.3
+    assert parsed[0].mem_fraction_static + parsed[1].mem_fraction_static * (1 - parsed[0].mem_fraction_static) <= 0.3
+    router = plans["router (smg)"]
+    assert "--worker-urls http://127.0.0.1:31001 http://127.0.0.1:31002" in " ".join(router)
+
+
+@pytest.mark.parametrize(("gpus", "sets", "per_gpu", "base_ids"), [
+    (1, [], 2, [0, 0]),
+    (2, [], 1, [0, 1]),
+    (2, ["topology.replicas=3"], 2, [0, 0, 1]),
+    (4, ["topology.replicas_per_gpu=2"], 2, [0, 0]),
+    (4, ["tp-size=2", "topology.replicas=4"], 2, [0, 0, 2, 2]),
+    (0, [], 1, [0, 1]),
+])  # fmt: skip
+def test_replicas_share_gpus_only_where_the_host_has_too_few(gpus, sets, per_gpu, base_ids, tmp_path):
+    machine = Machine(parse_nvidia_smi("\n".join(["NVIDIA H200, 143771, 9.0"] * gpus)) if gpus else [], "nvidia-smi", "0.5.17")
+    loaded = load_recipe("tiny-bf16", ["topology.replicas=2", *sets])
+    assert topology.replicas_per_gpu(loaded, machine)[0] == per_gpu
+    sharing = share_gpu(per_gpu, loaded.recipe.server_args, None) if per_gpu > 1 else None
+    plans = topology.replica_plans(loaded, "/ckpt", tmp_path, sharing)
+    assert [int(p.command[p.command.index("--base-gpu-id") + 1]) for p in plans] == base_ids
+    needed, counted = hardware.gpus_needed(loaded.recipe, per_gpu)
+    assert needed == (max(base_ids) + loaded.recipe.gpus_per_host) and (f"{per_gpu} per" in counted) == (per_gpu > 1)
+
+
+def test_replicas_that_cannot_share_the_gpu_are_refused_with_their_numbers(monkeypatch, capsys, tmp_path):
+    """A 60 GiB checkpoint that one server holds in its 0.8 of an H200 (112 GiB), but not two replicas in
+    their 56 GiB shares."""
+    from tests.test_memory_plan import _sparse_checkpoint
+
+    _on(H200, monkeypatch)
+    monkeypatch.setattr(cli, "_serve", lambda *_: pytest.fail("the launcher started servers it should have refused"))
+    checkpoint = _sparse_checkpoint(tmp_path / "fp8-4L", 4, 60 * 2**30)
+    argv = ["qwen3.5-397b-fp8-mi355x", "--stand-in", "sm90", "--set", "tp-size=1", "--set", f"model.path={checkpoint}"]
+    assert cli.main([*argv, "--dry-run"]) == 0
+    one = " ".join(capsys.readouterr().err.split())
+    assert "memory: per GPU of 140 GiB at mem-fraction-static 0.8" in one and "does not fit" not in one
+    with pytest.raises(LaunchError) as refused:
+        cli.launch(cli._parser().parse_args([*argv, "--replicas", "2"]))
+    message = " ".join(str(refused.value).split())
+    assert message.startswith("2 replicas of recipe qwen3.5-397b-fp8-mi355x do not fit one GPU: replica 0 of a GPU: the weights "
+                              "(60.0 GiB) fill the static budget (0.4 × 140 GiB = 56.2 GiB)")  # fmt: skip
+    assert "plan: 2 replicas share each GPU:" in message and "topology.replicas_per_gpu=K" in message
 
 
 def test_a_server_beyond_localhost_without_an_api_key_is_refused() -> None:
@@ -157,3 +229,4 @@ def _chat(base_url: str) -> str:
     request = urllib.request.Request(f"{base_url}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["choices"][0]["message"]["content"]
+
