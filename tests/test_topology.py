@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from launch.recipe import load_recipe
 from launch.sglang_options import parse_with_sglang
 from openai_double import OpenAIDouble
 from tests.conftest import REPO
+from tests.gpu import replicas as rehearsal
+from tests.gpu.serving import gpu_unavailable
 
 KEY_VAR = "SGLANG_API_KEY"
 H200 = Machine(parse_nvidia_smi("NVIDIA H200, 143771, 9.0"), "nvidia-smi", "0.5.17")
@@ -230,3 +233,78 @@ def _chat(base_url: str) -> str:
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["choices"][0]["message"]["content"]
 
+
+def test_the_launcher_serves_on_when_a_replica_dies_and_stops_when_none_is_left(tmp_path: Path) -> None:
+    """Three stand-in servers as the launcher serves replicas (the last one fronting them): kill -9 of one
+    replica leaves the rest serving; once the other is gone too the launcher stops the front and exits."""
+    ports = [server_port() for _ in range(3)]
+    stub = str(REPO / "tests" / "health_stub.py")
+    plans = [(label, server.ServerPlan([sys.executable, stub, str(port), str(tmp_path / f"{port}.pid")], {}, f"http://127.0.0.1:{port}",
+                                       tmp_path / f"{port}.log"))
+             for label, port in zip(("replica 0", "replica 1", "router (smg)"), ports)]  # fmt: skip
+    program = (f"from launch import __main__ as cli\nfrom launch.errors import LaunchError\nfrom launch.server import ServerPlan\n"
+               f"from pathlib import PosixPath\ntry:\n    cli._serve({plans!r}, 'm', 30)\nexcept LaunchError as error:\n"
+               f"    print('stopped:', error.args[0].splitlines()[0], flush=True)\n")  # fmt: skip
+    launcher = subprocess.Popen([sys.executable, "-c", program], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not any("ready at" in line for line in lines):
+            lines.append(launcher.stdout.readline())
+            assert lines[-1], "".join(lines)
+        groups = [rehearsal.listener_pgid(port) for port in ports]
+        os.killpg(groups[1], 9)
+        while "exited" not in lines[-1]:
+            lines.append(launcher.stdout.readline())
+        assert "replica 1 exited with code -9; the router serves with the 1 left" in " ".join(lines[-1].split())
+        assert launcher.poll() is None and urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/health", timeout=5).status == 200
+        os.killpg(groups[0], 9)
+        assert launcher.stdout.readline().startswith("stopped: replica 0 exited with code -9; last log lines:")
+        assert launcher.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while any(rehearsal.live_processes(group) for group in groups) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(rehearsal.live_processes(group) for group in groups)
+    finally:
+        launcher.kill()
+
+
+def _stand_in(delay_s: float) -> subprocess.Popen:
+    """An OpenAI stand-in answering after `delay_s`, in a process group of its own, as the launcher starts a replica."""
+    program = ("import time; from openai_double import Faults, OpenAIDouble; d = OpenAIDouble(lambda m: 'So 18. #### 18', "
+               f"faults=Faults(delay_s={delay_s})).__enter__(); print(d.base_url, flush=True); time.sleep(600)")  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", program], cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def test_a_replica_killed_mid_eval_costs_no_question_and_the_router_stops_sending_to_it(tmp_path: Path) -> None:
+    """tests/gpu/replicas.py's run with stand-ins for the SGLang servers: GSM8K (40 questions, 8 in flight)
+    through smg's real router, as the launcher starts it, and kill -9 of one replica's process group after 6
+    answers. smg retries what the dead one held and, after 10 failed sends, opens its circuit."""
+    pytest.importorskip("lm_eval")
+    loaded = load_recipe("tiny-bf16", [f"port={server_port()}", "topology.replicas=2", "topology.router_policy=round_robin"])
+    stand_ins = [_stand_in(0.2) for _ in range(2)]
+    try:
+        replicas = [rehearsal.Replica(process.stdout.readline().strip(), process.pid) for process in stand_ins]
+        behind = [server.ServerPlan([], {}, replica.url, tmp_path / f"r{i}.log") for i, replica in enumerate(replicas)]
+        router = topology.router_plan(loaded, behind, tmp_path)
+        metrics = f"http://127.0.0.1:{topology.metrics_port(loaded.recipe)}/metrics"
+        with server.running(router, timeout_s=60):
+            questions = rehearsal.gsm8k_questions(40, tmp_path / "gsm8k")
+            report = rehearsal.kill_mid_eval(router.base_url, metrics, replicas, 1, questions, 40, 6, tmp_path, "tiny-bf16")
+    finally:
+        for process in stand_ins:
+            process.kill()
+    assert rehearsal.failures(report) == []
+    assert report["answered"] == report["scored"] == 40 and report["answered_twice"] == 0 and report["eval_exit_code"] == 0
+    assert 6 <= report["answered_at_kill"] < 40
+    assert report["router_answers"] == {"200": 40 - report["answered_at_kill"]}  # every request it held retried, none failed
+    survivor, dead = report["replicas"]
+    assert dead["answered_after_kill"] == 0 and dead["failed_after_kill"] >= 10 and dead["circuit_at_end"] == "open"
+    assert survivor["answered_after_kill"] == 40 - report["answered_at_kill"] and survivor["failed_after_kill"] == 0
+
+
+@pytest.mark.skipif(gpu_unavailable() is None, reason="a GPU is here: this would start servers")
+def test_the_gpu_run_skips_without_a_gpu(capsys, tmp_path: Path) -> None:
+    assert rehearsal.main(["--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == f"replicas: skipped: {gpu_unavailable()}; nothing was started\n"
+    assert not (tmp_path / "out").exists()
