@@ -1,4 +1,4 @@
-"""SGLang 0.5.17 on a CPU, for tests that load checkpoints through SGLang's own config parsing and loaders:
+"""SGLang (0.5.17 or 0.5.23) on a CPU, for tests that load checkpoints through SGLang's own config parsing and loaders:
 a one-process gloo group with a published default ServerArgs, the configs SGLang builds for a checkpoint,
 and the FSE-override Qwen3.5 model built without the kernels a CPU lacks. Import the fixtures into a test
 module that has skipped where SGLang is not installed."""

@@ -1,9 +1,9 @@
-"""Quark INT8 W8A8 inside SGLang 0.5.17 on CPU: scheme selection, parameters, and SGLang's own Qwen3.5
+"""Quark INT8 W8A8 inside SGLang (0.5.17, 0.5.23) on CPU: scheme selection, parameters, and SGLang's own Qwen3.5
 weight loader filling them from the tiny INT8 checkpoint.
 
 The full model needs GPU kernels to build, so the loader runs on a stand-in holding only the quantized
 modules (SGLang's own layer classes, under the names and prefixes Qwen3.5 gives them). Skipped where
-SGLang is not importable (CI); run with an SGLang 0.5.17 environment on any machine.
+SGLang is not importable (CI); run with an SGLang 0.5.17 or 0.5.23 environment on any machine.
 """
 
 import json

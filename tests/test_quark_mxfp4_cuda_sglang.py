@@ -1,4 +1,4 @@
-"""The Quark MXFP4 CUDA schemes inside SGLang 0.5.17's own layers, built on CPU (skipped without SGLang).
+"""The Quark MXFP4 CUDA schemes inside SGLang's own layers (0.5.17, 0.5.23), built on CPU (skipped without SGLang).
 
 Marlin's repack and GEMM need a GPU (tests/gpu/check_mxfp4_moe_kernels.py); here: which scheme each layer
 gets, that SGLang's FusedMoE loader puts every per-expert tensor (and the fused shared expert, slot E) where

@@ -1,4 +1,4 @@
-"""The Qwen3.5 FSE override inside SGLang 0.5.17, on the CPU: what it registers, the decision it takes from
+"""The Qwen3.5 FSE override inside SGLang (0.5.17, 0.5.23), on the CPU: what it registers, the decision it takes from
 SGLang's own parsed configs, the MoE block its decoder layers get, and where its loader puts the shared
 expert. The forward pass needs a GPU: tests/gpu/test_fse_bf16.py. Skipped where SGLang is not installed."""
 
