@@ -25,7 +25,8 @@ from launch import hardware, memory, server, topology
 from launch.checkpoint import check_local_checkpoint, drafts_with_its_mtp_head, resolve_model_path
 from launch.errors import LaunchError
 from launch.overrides import Override
-from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths
+from launch.recipe import DEFAULT_RECIPE, LoadedRecipe, load_recipe, recipe_paths, release_of
+from sglang_ext import SUPPORTED_SGLANG, supported_list
 
 # Off a terminal (logs, CI, pipes) rich would wrap tables at 80 columns; recipe names need more.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -121,18 +122,32 @@ def _model_path(loaded: LoadedRecipe, materialize: bool) -> str:
 
 
 def _check_sglang(loaded: LoadedRecipe, machine: hardware.Machine) -> None:
-    wanted = loaded.recipe.sglang.version
+    releases = loaded.recipe.sglang.version
     image = loaded.recipe.sglang.image
+    install = " or ".join(f"pip install 'sglang=={v}'" for v in releases)
     if machine.sglang_version is None:
         raise LaunchError(
             f"SGLang is not installed for {sys.executable}",
-            hint=f"pip install 'sglang=={wanted}'" + (f", or run inside the image {image}" if image else ""),
+            hint=install + (f", or run inside the image {image}" if image else ""),
         )
-    if machine.sglang_version.split("+")[0] != wanted:
+    if release_of(machine.sglang_version) not in releases:
         raise LaunchError(
-            f"recipe {loaded.name} is pinned to SGLang {wanted}; this environment has {machine.sglang_version}",
-            hint=f"pip install 'sglang=={wanted}', or --set sglang.version={machine.sglang_version} to try anyway",
+            f"recipe {loaded.name} runs on SGLang {' or '.join(releases)}; this environment has {machine.sglang_version}",
+            hint=f"{install} (sglang_ext supports {supported_list()}; a release is added to a recipe's "
+            "sglang.version once its options and sglang_ext are checked there: docs/extending-sglang.md)",
         )
+
+
+def sglang_status(loaded: LoadedRecipe, machine: hardware.Machine) -> str:
+    """Which SGLang the server's command is for, and what that release means here, in one line."""
+    release = loaded.recipe.sglang.release_for(machine.sglang_version)
+    named = " and ".join(loaded.recipe.sglang.version)
+    if machine.sglang_version is None:
+        return f"SGLang: not installed here; the command is {release}'s (the recipe names {named})"
+    if release_of(machine.sglang_version) != release:
+        return (f"SGLang {machine.sglang_version}: not one the recipe names ({named}); the command is {release}'s "
+                "and nothing starts with this SGLang")  # fmt: skip
+    return f"SGLang {machine.sglang_version}: {SUPPORTED_SGLANG[release]}"
 
 
 def launch(args: argparse.Namespace) -> int:
@@ -164,6 +179,7 @@ def launch(args: argparse.Namespace) -> int:
 
     err.print(f"[bold]{loaded.name}[/]: {recipe.title}  [dim]({loaded.path})[/]")
     err.print(f"machine: {machine.summary()}")
+    err.print(sglang_status(loaded, machine))
     err.print(f"recipe needs: {gpus}× {recipe.hardware.vendor} {' / '.join(recipe.hardware.archs) or 'any arch'} ({counted})"
               + (f", ≥{recipe.hardware.min_memory_gib:g} GiB each" if recipe.hardware.min_memory_gib else "")
               + (f", behind smg's router" if replicas > 1 else "")

@@ -7,7 +7,8 @@ Every tool in this repository (launcher, evals, tests) reads recipes through `lo
   variable), the hardware set to that architecture, and every change listed (`Substitution`),
 - rejects unknown keys and wrong types, naming the layer that supplied the offending value (a file, a `--set`,
   a launcher flag),
-- checks every `server_args` key, and every stand-in's, against the pinned SGLang version's own option table.
+- checks every `server_args` key, and every stand-in's, against the option table of each SGLang release the
+  recipe names (`sglang.version`: one release or a list, each one sglang_ext supports).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from launch.errors import LaunchError
 from launch.overrides import Override, apply_overrides
-from launch.sglang_options import OptionTable, ServerArgError, option_table
+from launch.sglang_options import OptionTable, ServerArgError, installed_sglang_version, option_table
 from launch.sglang_rules import violations
+from sglang_ext import SUPPORTED_SGLANG, supported_list
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = "tiny-bf16"
@@ -101,9 +103,34 @@ class HardwareSpec(_Strict):
     min_memory_gib: float = Field(0, ge=0, description="per GPU")
 
 
+def _supported_release(version: str) -> str:
+    if version not in SUPPORTED_SGLANG:
+        raise ValueError(f"SGLang {version} is not one sglang_ext supports ({supported_list()})")
+    return version
+
+
+def _one_or_more(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+SGLangRelease = Annotated[str, AfterValidator(_supported_release)]
+
+
 class SGLangSpec(_Strict):
-    version: str
+    version: Annotated[list[SGLangRelease], BeforeValidator(_one_or_more)] = Field(
+        min_length=1, description="the SGLang release(s) the recipe is checked against; the launcher refuses any other"
+    )
     image: str | None = Field(None, description="container image the source validated with")
+
+    def release_for(self, installed: str | None) -> str:
+        """The release a server of this recipe runs: the installed one where the recipe names it, else the first."""
+        release = release_of(installed)
+        return release if release in self.version else self.version[0]
+
+
+def release_of(version: str | None) -> str | None:
+    """An installed SGLang's release, without a local build's tag (0.5.23+rocm -> 0.5.23)."""
+    return version and version.split("+")[0]
 
 
 class ExpectedResult(_Strict):
@@ -183,7 +210,8 @@ class Recipe(_Strict):
     @property
     def parallelism(self) -> dict[str, int]:
         """SGLang's tp, pp and dp sizes as these server arguments set them (1 where unset); dp counts GPUs
-        only without DP attention, which runs its ranks inside the TP group."""
+        only without DP attention, which runs its ranks inside the TP group (0.5.17: `dp-size` with
+        `enable-dp-attention`; 0.5.23: `attn-dp-size`, leaving `dp-size` to count replicas)."""
         size = {name: int(self.server_args.get(f"{name}-size") or 1) for name in ("tp", "pp", "dp")}
         if self.server_args.get("enable-dp-attention"):
             size["dp"] = 1
@@ -352,30 +380,56 @@ def _option_problems(args: dict[str, Any], section: tuple[str, ...], table: Opti
 
 
 def check_server_args(recipe: Recipe, path: Path, origin: dict[tuple, Path | str] | None = None) -> tuple[list[str], OptionTable]:
-    """The server's command-line tokens; LaunchError if SGLang would reject `server_args` or an option any
-    stand-in sets (each stand-in is checked here, whether or not `--stand-in` asks for it)."""
+    """The server's command-line tokens and option table for the release it runs on (`SGLangSpec.release_for`);
+    LaunchError if any release the recipe names would reject `server_args` or an option any stand-in sets
+    (each stand-in is checked here, whether or not `--stand-in` asks for it)."""
     origin = origin or {}
-    try:
-        table = option_table(recipe.sglang.version)
-    except FileNotFoundError as err:
-        raise LaunchError(f"{_where(path)}: sglang.version: {err}")
-    cli, problems = _option_problems(recipe.server_args, ("server_args",), table, path, origin)
-    for arch, entry in recipe.stand_ins.items():
-        problems += _option_problems(entry.server_args, ("stand_ins", arch, "server_args"), table, path, origin)[1]
-    refused = violations(recipe.server_args) if not problems else []
+    run_on = recipe.sglang.release_for(installed_sglang_version())
+    problems: dict[str, list[str]] = {}  # message -> the releases that reject it
+    refused: dict[str, list[str]] = {}
+    for version in recipe.sglang.version:
+        try:
+            table = option_table(version)
+        except FileNotFoundError as err:
+            raise LaunchError(f"{_where(path)}: sglang.version: {err}")
+        cli, found = _option_problems(recipe.server_args, ("server_args",), table, path, origin)
+        for arch, entry in recipe.stand_ins.items():
+            found += _option_problems(entry.server_args, ("stand_ins", arch, "server_args"), table, path, origin)[1]
+        for message in found:
+            problems.setdefault(message, []).append(version)
+        for message in violations(recipe.server_args, version) if not found else []:
+            refused.setdefault(message, []).append(version)
+        if version == run_on:
+            run_cli, run_table = cli, table
     if refused:
         raise LaunchError(
-            f"recipe {_where(path)} combines server arguments SGLang {table.version} refuses at start:\n  "
-            + "\n  ".join(refused),
+            f"recipe {_where(path)} combines server arguments refused at start by {_releases(refused)}:\n  "
+            + "\n  ".join(_per_release(refused)),
             hint="change the options named above in the recipe or with --set (launch/sglang_rules.py cites SGLang's checks)",
         )
     if problems:
         raise LaunchError(
-            f"recipe {_where(path)} has server arguments SGLang {table.version} would reject:\n  "
-            + "\n  ".join(problems),
-            hint=f"option names are SGLang's own (`python -m sglang.launch_server --help`); checked against {table.source}",
+            f"recipe {_where(path)} has server arguments rejected by {_releases(problems)}:\n  "
+            + "\n  ".join(_per_release(problems)),
+            hint="option names are SGLang's own (`python -m sglang.launch_server --help`); checked against "
+            + ", ".join(sorted({option_table(v).source for v in recipe.sglang.version})),
         )
-    return cli, table
+    return run_cli, run_table
+
+
+def _releases(found: dict[str, list[str]]) -> str:
+    return f"SGLang {' and '.join(_union(found))}"
+
+
+def _union(found: dict[str, list[str]]) -> list[str]:
+    return sorted({v for releases in found.values() for v in releases})
+
+
+def _per_release(found: dict[str, list[str]]) -> list[str]:
+    """One line per problem, naming its releases where only some of those in the heading have it."""
+    every = _union(found)
+    return [message if releases == every or f"SGLang {releases[0]}" in message else f"{message} (SGLang {', '.join(releases)})"
+            for message, releases in found.items()]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -452,12 +506,15 @@ def load_recipe(name_or_path: str, overrides: list[str | Override] = (), directo
 
 
 def _text_options(version: Any) -> Callable[[str], bool]:
-    """Whether an SGLang option of `version` takes one string (so `--set host=::` is text, not YAML)."""
+    """Whether an SGLang option of the recipe's first release (`sglang.version`) takes one string (so
+    `--set host=::` is text, not YAML)."""
     tables: list[OptionTable] = []  # read on the first --set of an option, once
+    releases = _one_or_more(version)
+    first = str(releases[0]) if isinstance(releases, list) and releases else str(version)
 
     def takes_text(name: str) -> bool:
         try:
-            tables[:] = tables or [option_table(str(version))]
+            tables[:] = tables or [option_table(first)]
             option = tables[0].lookup(name)
         except (FileNotFoundError, ServerArgError):
             return False  # reported when the recipe is checked

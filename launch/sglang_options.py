@@ -142,11 +142,10 @@ class OptionTable:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ServerArgError(key, f"SGLang {self.version} has no option '--{key}'{hint}")
         if option.renamed_to:
-            raise ServerArgError(
-                key,
-                f"'--{key}' is a deprecated alias in SGLang {self.version}; "
-                f"use '{option.renamed_to.lstrip('-')}' (same value)",
-            )
+            successor = option.renamed_to.lstrip("-")
+            # A plain option name takes the same value; SGLang writes anything else as a usage ("attn-dp-size <dp-size>").
+            same = " (same value)" if successor.replace("-", "").isalnum() else ""
+            raise ServerArgError(key, f"'--{key}' is a deprecated alias in SGLang {self.version}; use '{successor}'{same}")
         if option.deprecated:
             raise ServerArgError(key, f"'--{key}' is deprecated in SGLang {self.version}; remove it")
         return option

@@ -1,4 +1,4 @@
-"""SGLang 0.5.17 on a CPU, for tests that load checkpoints through SGLang's own config parsing and loaders:
+"""SGLang (0.5.17 or 0.5.23) on a CPU, for tests that load checkpoints through SGLang's own config parsing and loaders:
 a one-process gloo group with a published default ServerArgs, the configs SGLang builds for a checkpoint,
 and the FSE-override Qwen3.5 model built without the kernels a CPU lacks. Import the fixtures into a test
 module that has skipped where SGLang is not installed."""
@@ -13,9 +13,12 @@ from sglang.srt.configs.load_config import LoadConfig
 from sglang.srt.configs.model_config import ModelConfig
 from sglang.srt.model_loader.weight_utils import get_quant_config
 from sglang.srt.models import qwen2_moe, qwen3_5
-from sglang.srt.runtime_context import get_context
+from sglang.srt.runtime_context import get_context, get_exec
 
+from sglang_ext import require_supported_sglang
 from sglang_ext.models import qwen3_5 as override
+
+SGLANG = require_supported_sglang()
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +34,18 @@ def sglang_cpu():
 
     published = get_context().override_server_args(device="cpu")
     server_args = published.install()
+    if SGLANG != "0.5.17":  # 0.5.23 reads every rank from the launcher's placement, published with the args
+        from sglang.srt.runtime_context import SpawnRanks, publish
+
+        publish(server_args, role="test", ranks=SpawnRanks(world_rank=0))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     init_distributed_environment(
         backend="gloo", world_size=1, rank=0, local_rank=0, distributed_init_method=f"tcp://127.0.0.1:{port}"
     )
-    initialize_model_parallel(1)
-    initialize_moe_config(server_args)
+    initialize_model_parallel()
+    initialize_moe_config(server_args) if SGLANG == "0.5.17" else initialize_moe_config()  # 0.5.23 reads the published args
     yield
     destroy_model_parallel()
     destroy_distributed_environment()
@@ -79,6 +86,29 @@ def stock_init_without_kernels(self, config, quant_config=None, prefix="", langu
     self.model.start_layer, self.model.end_layer = 0, text.num_hidden_layers
 
 
+def build_as_sglangs_loader(model_class, hf_config, quant_config):
+    """`model_class(hf_config, quant_config)` as SGLang's `_initialize_model` builds it: 0.5.23 first asks the
+    class's `shared_experts_fusion_disable_reason` and publishes the answer while the model is built."""
+    if SGLANG == "0.5.17":
+        return model_class(hf_config, quant_config)
+    from sglang.srt.layers.moe.utils import resolve_shared_experts_config
+    from sglang.srt.runtime_context import get_model
+
+    shared_experts = resolve_shared_experts_config(model_class, hf_config, quant_config)
+    with get_model().override(shared_experts=shared_experts):
+        model = model_class(hf_config, quant_config)
+    model.shared_experts_config = shared_experts
+    return model
+
+
+def fusion_published_off(model) -> bool:
+    """Whether SGLang's other readers see shared-expert fusion off for this model: 0.5.17 reads the (overridden)
+    server arguments, 0.5.23 the layout its loader resolved for the model."""
+    if SGLANG == "0.5.17":
+        return get_exec().moe.disable_shared_experts_fusion
+    return model.shared_experts_config.fusion_disabled
+
+
 @pytest.fixture
 def cpu_model(sglang_cpu, monkeypatch: pytest.MonkeyPatch):
     """Builds the override model as on CUDA, with `stock_init_without_kernels`, zeroed so an unloaded slot
@@ -89,7 +119,7 @@ def cpu_model(sglang_cpu, monkeypatch: pytest.MonkeyPatch):
     torch.set_default_dtype(torch.bfloat16)  # SGLang's loader builds models under the checkpoint dtype
 
     def build(hf_config, quant_config) -> override.Qwen3_5MoeForConditionalGeneration:
-        model = override.Qwen3_5MoeForConditionalGeneration(hf_config, quant_config)
+        model = build_as_sglangs_loader(override.Qwen3_5MoeForConditionalGeneration, hf_config, quant_config)
         with torch.no_grad():
             for param in model.parameters():
                 param.zero_()

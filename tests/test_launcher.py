@@ -80,9 +80,25 @@ def test_sglang_missing_or_wrong_version_refuses(monkeypatch):
     monkeypatch.setattr(hardware, "detect", lambda: Machine(H100.gpus, "nvidia-smi", None))
     with pytest.raises(LaunchError, match="SGLang is not installed"):
         cli.launch(_args("qwen3.6-35b-int8-h100"))
-    monkeypatch.setattr(hardware, "detect", lambda: Machine(H100.gpus, "nvidia-smi", "0.5.23"))
-    with pytest.raises(LaunchError, match="pinned to SGLang 0.5.17; this environment has 0.5.23"):
+    monkeypatch.setattr(hardware, "detect", lambda: Machine(H100.gpus, "nvidia-smi", "0.5.20"))
+    with pytest.raises(LaunchError, match=r"runs on SGLang 0.5.17 or 0.5.23; this environment has 0.5.20") as caught:
         cli.launch(_args("qwen3.6-35b-int8-h100"))
+    assert "pip install 'sglang==0.5.17' or pip install 'sglang==0.5.23'" in str(caught.value)
+    monkeypatch.setattr(hardware, "detect", lambda: Machine(H100.gpus, "nvidia-smi", "0.5.23"))
+    with pytest.raises(LaunchError, match=r"runs on SGLang 0.5.17; this environment has 0.5.23"):
+        cli.launch(_args("qwen3.6-35b-int8-h100", "--set", "sglang.version=0.5.17"))
+
+
+@pytest.mark.parametrize("installed, says", [
+    (None, "SGLang: not installed here; the command is 0.5.17's (the recipe names 0.5.17 and 0.5.23)"),
+    ("0.5.17", "SGLang 0.5.17: served on NVIDIA H100/H200 by this project's GPU suites"),
+    ("0.5.23+rocm700", "SGLang 0.5.23+rocm700: tested on CPU only"),
+    ("0.5.20", "SGLang 0.5.20: not one the recipe names (0.5.17 and 0.5.23); the command is 0.5.17's"),
+])  # fmt: skip
+def test_the_launcher_says_which_sglang_it_found_and_what_that_means(monkeypatch, capsys, installed, says):
+    monkeypatch.setattr(hardware, "detect", lambda: Machine([], "none", installed))
+    assert cli.launch(_args("qwen3.6-35b-int8-h100", "--dry-run")) == 0
+    assert says in capsys.readouterr().err
 
 
 def test_port_in_use_refuses():

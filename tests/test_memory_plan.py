@@ -145,7 +145,8 @@ def test_gpus_needed_follow_the_parallelism_the_server_runs(monkeypatch, capsys)
     ([], 4, "tp 4 × pp 1 × dp 1"),
     (["tp-size=2", "pp-size=2"], 4, "tp 2 × pp 2 × dp 1"),
     (["tp-size=2", "dp-size=2"], 4, "tp 2 × pp 1 × dp 2"),
-    (["tp-size=4", "dp-size=4", "enable-dp-attention=true"], 4, "tp 4 × pp 1 × dp 1"),
+    (["tp-size=4", "dp-size=4", "enable-dp-attention=true", "sglang.version=0.5.17"], 4, "tp 4 × pp 1 × dp 1"),
+    (["tp-size=4", "attn-dp-size=4", "sglang.version=0.5.23"], 4, "tp 4 × pp 1 × dp 1"),  # 0.5.23's spelling
     (["tp-size=8", "topology.nodes=2"], 4, "tp 8 × pp 1 × dp 1 over 2 hosts"),
     (["tp-size=1", "topology.replicas=2"], 2, "tp 1 × pp 1 × dp 1, 2 replicas"),
 ])

@@ -75,7 +75,7 @@ def test_search_space_is_sglangs_narrowed_by_rows_per_expert(batch: int) -> None
     assert {c["GROUP_SIZE_M"] for c in space} == ({1} if rows <= 16 else {1, 16})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang 0.5.17 is not importable here")
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang is not importable here")
 def test_files_carry_sglangs_lookup_names(monkeypatch) -> None:
     from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config
 
@@ -86,7 +86,7 @@ def test_files_carry_sglangs_lookup_names(monkeypatch) -> None:
         "E=257,N=512,device_name=NVIDIA_H200,dtype=int8_w8a8,per_channel_quant=True.json")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang 0.5.17 is not importable here")
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang is not importable here")
 def test_sglang_gets_its_configs_and_ours(tmp_path: Path, monkeypatch) -> None:
     from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config
 
@@ -102,7 +102,7 @@ def test_sglang_gets_its_configs_and_ours(tmp_path: Path, monkeypatch) -> None:
     assert len(stock_files) > 100 and merged_files == stock_files | {Path("triton_3_6_0") / ours}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang 0.5.17 is not importable here")
+@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang is not importable here")
 def test_a_run_cut_short_keeps_the_files_it_finished(tmp_path: Path, monkeypatch) -> None:
     """The GPU part (tune_file) is stood in for: the first file tunes, the second dies as when a lease ends;
     the first file's config and timings must be on disk."""

@@ -1,4 +1,4 @@
-"""What `sglang_ext.quantize` writes, read back by SGLang 0.5.17 on a CPU: SGLang's config parsing and quantization
+"""What `sglang_ext.quantize` writes, read back by SGLang (0.5.17, 0.5.23) on a CPU: SGLang's config parsing and quantization
 config for the output directory, SGLang's own safetensors iterator over its shards, and SGLang's Qwen3.5 MoE
 loader filling every expert slot (the fused shared expert's included) from them, in both source layouts.
 Skipped where SGLang is not installed."""
@@ -33,7 +33,7 @@ def sglang_read(path: Path) -> list[tuple[str, torch.Tensor]]:
 @pytest.mark.parametrize("fmt", list(MOE_PARAMS))
 def test_sglangs_loader_fills_every_expert_slot(cpu_model, quantized, fmt: str, layout: str) -> None:
     if fmt == "modelopt-nvfp4" and not torch.cuda.is_available():
-        pytest.skip("SGLang 0.5.17 builds its NVFP4 MoE method only on CUDA (Blackwell, or the Marlin fallback on "
+        pytest.skip("SGLang builds its NVFP4 MoE method only on CUDA (Blackwell, or the Marlin fallback on "
                     "SM80+, which queries the device at construction); its config parsing is tested below")
     out = quantized(fmt, layout)
     hf_config, quant_config = sglang_configs(out)

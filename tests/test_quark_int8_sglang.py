@@ -1,9 +1,9 @@
-"""Quark INT8 W8A8 inside SGLang 0.5.17 on CPU: scheme selection, parameters, and SGLang's own Qwen3.5
+"""Quark INT8 W8A8 inside SGLang (0.5.17, 0.5.23) on CPU: scheme selection, parameters, and SGLang's own Qwen3.5
 weight loader filling them from the tiny INT8 checkpoint.
 
 The full model needs GPU kernels to build, so the loader runs on a stand-in holding only the quantized
 modules (SGLang's own layer classes, under the names and prefixes Qwen3.5 gives them). Skipped where
-SGLang is not importable (CI); run with an SGLang 0.5.17 environment on any machine.
+SGLang is not importable (CI); run with an SGLang 0.5.17 or 0.5.23 environment on any machine.
 """
 
 import json
@@ -29,6 +29,7 @@ from sglang.srt.models.qwen2_moe import Qwen2MoeMLP  # noqa: E402
 from sglang.srt.models.qwen3_5 import Qwen3_5GatedDeltaNet, Qwen3_5MoeForConditionalGeneration  # noqa: E402
 from sglang.srt.runtime_context import get_context, get_parallel  # noqa: E402
 
+from sglang_ext import require_supported_sglang  # noqa: E402
 from sglang_ext.codecs import int8  # noqa: E402
 from sglang_ext.fixtures import quant_configs, write_fixture  # noqa: E402
 from sglang_ext.quantization.quark.config import QuarkInt8Schemes, register_quark_int8  # noqa: E402
@@ -38,6 +39,7 @@ from sglang_ext.quantization.quark.w8a8_int8_moe import QuarkW8A8Int8MoE  # noqa
 HF = "model.language_model.layers"  # checkpoint names, and the prefixes SGLang gives Qwen3.5's layers
 PARAMS = "model.layers"  # parameter names after the loader's rename
 BF16_EPS = 2.0**-8
+SGLANG = require_supported_sglang()
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,14 @@ def test_moe_scheme_selected_with_int8_params(quark_config) -> None:
 # --- SGLang's Qwen3.5 loader on the quantized modules ---------------------------------------------------
 
 
+def attention_tp() -> dict:
+    """How Qwen3.5 tells its attention and DeltaNet projections to shard over attention TP: SGLang 0.5.17 hands
+    them the rank and size, 0.5.23 the group's name."""
+    if SGLANG == "0.5.17":
+        return {"tp_rank": get_parallel().attn_tp_rank, "tp_size": get_parallel().attn_tp_size}
+    return {"parallel_group": "attn_tp"}
+
+
 def quantized_modules(cfg: SimpleNamespace, quark_config, fuse_shared: bool) -> nn.Module:
     """A stand-in for Qwen3_5MoeForConditionalGeneration holding its quantized modules only, sharded for
     the current (overridden) attention / MoE tensor-parallel rank as the model shards them."""
@@ -141,7 +151,7 @@ def quantized_modules(cfg: SimpleNamespace, quark_config, fuse_shared: bool) -> 
     root.model.layers = nn.ModuleList()
     key_dim = cfg.linear_key_head_dim * cfg.linear_num_key_heads
     value_dim = cfg.linear_value_head_dim * cfg.linear_num_value_heads
-    attn_tp = {"tp_rank": get_parallel().attn_tp_rank, "tp_size": get_parallel().attn_tp_size}
+    attn_tp = attention_tp()
     for index, kind in enumerate(cfg.layer_types):
         layer, prefix = nn.Module(), f"{HF}.{index}"
         if kind == "linear_attention":

@@ -1,4 +1,4 @@
-"""The Quark MXFP4 CUDA schemes inside SGLang 0.5.17's own layers, built on CPU (skipped without SGLang).
+"""The Quark MXFP4 CUDA schemes inside SGLang's own layers (0.5.17, 0.5.23), built on CPU (skipped without SGLang).
 
 Marlin's repack and GEMM need a GPU (tests/gpu/check_mxfp4_moe_kernels.py); here: which scheme each layer
 gets, that SGLang's FusedMoE loader puts every per-expert tensor (and the fused shared expert, slot E) where
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="SGLang is not installed")
 
+from sglang_ext import require_supported_sglang  # noqa: E402
 from sglang_ext.codecs import mxfp4  # noqa: E402
 from sglang_ext.quantization.mxfp4_ct_names import (  # noqa: E402
     ct_mxfp4_expert_name,
@@ -29,8 +30,10 @@ from sglang_ext.quantization.mxfp4_moe_reference import dequantize_experts  # no
 
 LAYER = "model.language_model.layers.0"
 ROUTED, HIDDEN, INTERMEDIATE = 8, 128, 64
+SGLANG = require_supported_sglang()
+# One process's ranks and sizes; SGLang 0.5.17 also names the world's, which 0.5.23 reads from its process group.
 _PARALLEL = dict(
-    world_size=1, world_rank=0, tp_size=1, tp_rank=0, pp_size=1, pp_rank=0, moe_ep_size=1, moe_ep_rank=0,
+    tp_size=1, tp_rank=0, pp_size=1, pp_rank=0, moe_ep_size=1, moe_ep_rank=0,
     moe_tp_size=1, moe_tp_rank=0, moe_dp_size=1, moe_dp_rank=0, attn_tp_size=1, attn_tp_rank=0,
     attn_dp_size=1, attn_dp_rank=0,
 )
@@ -66,7 +69,8 @@ def sglang_layers(moe_runner_backend: str = "auto"):
     flags = get_flags().moe
     saved = flags.runner_backend
     with get_context().override_server_args(model_path="tiny", moe_runner_backend=moe_runner_backend):
-        with get_parallel().override(**_PARALLEL):
+        world = {"world_size": 1, "world_rank": 0} if SGLANG == "0.5.17" else {}
+        with get_parallel().override(**_PARALLEL, **world):
             flags.runner_backend = MoeRunnerBackend(moe_runner_backend)
             try:
                 yield
@@ -120,8 +124,8 @@ def _quark_with_cuda_mxfp4(quant_config: dict):
         def get_linear_scheme(self, layer, layer_name):
             return quark_mxfp4_cuda_scheme(self, layer, layer_name) or super().get_linear_scheme(layer, layer_name)
 
-        def get_moe_scheme(self, module, layer_name):
-            return quark_mxfp4_cuda_scheme(self, module, layer_name) or super().get_moe_scheme(module, layer_name)
+        def get_moe_scheme(self, module, layer_name, **sglang_kwargs):
+            return quark_mxfp4_cuda_scheme(self, module, layer_name) or super().get_moe_scheme(module, layer_name, **sglang_kwargs)
 
     # SGLang's loader adds the model's packed_modules_mapping before from_config (weight_utils.get_quant_config).
     return QuarkWithCudaMxfp4.from_config(dict(quant_config, packed_modules_mapping={}))

@@ -1,4 +1,4 @@
-"""The Qwen3.5 FSE override inside SGLang 0.5.17, on the CPU: what it registers, the decision it takes from
+"""The Qwen3.5 FSE override inside SGLang (0.5.17, 0.5.23), on the CPU: what it registers, the decision it takes from
 SGLang's own parsed configs, the MoE block its decoder layers get, and where its loader puts the shared
 expert. The forward pass needs a GPU: tests/gpu/test_fse_bf16.py. Skipped where SGLang is not installed."""
 
@@ -14,10 +14,10 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from sglang.srt.models import qwen2_moe, qwen3_5, qwen3_5_mtp  # noqa: E402
 from sglang.srt.models.registry import import_model_classes  # noqa: E402
-from sglang.srt.runtime_context import get_context, get_exec  # noqa: E402
+from sglang.srt.runtime_context import get_context  # noqa: E402
 
 from sglang_ext.models import qwen3_5 as override  # noqa: E402
-from sglang_cpu import cpu_model, sglang_configs, sglang_cpu  # noqa: E402,F401  (fixtures)
+from sglang_cpu import SGLANG, cpu_model, fusion_published_off, sglang_configs, sglang_cpu  # noqa: E402,F401  (fixtures)
 
 NUM_EXPERTS = 8  # the fixture's; the shared expert becomes expert 8
 FORMATS = ("bf16", "quark-mxfp4-fse", "quark-w8a8-int8", "modelopt-nvfp4", "ct-mxfp4")
@@ -43,9 +43,11 @@ def test_decision_from_sglangs_parsed_configs(sglang_cpu, fixtures_root: Path, f
     decision = override.fusion_decision(hf_config, quant_config)
     print(f"{fmt}: {decision}")
     assert decision.fuse is fused
-    # SGLang's own check passes all five (only Quark's config has a veto), so alone it would fuse NVFP4 and
-    # ct-MXFP4, whose BF16 shared expert cannot sit in their quantized expert weights.
-    assert qwen2_moe.can_fuse_shared_expert(hf_config.text_config, quant_config)
+    # SGLang's own check passes all five on 0.5.17 (only Quark's config has a veto), so alone it would fuse NVFP4
+    # and ct-MXFP4, whose BF16 shared expert cannot sit in their quantized expert weights; 0.5.23's ModelOpt
+    # config vetoes its excluded shared expert itself (`ModelOptFp4Config.can_fuse_shared_expert`).
+    sglang_refuses = SGLANG == "0.5.23" and fmt == "modelopt-nvfp4"
+    assert qwen2_moe.can_fuse_shared_expert(hf_config.text_config, quant_config) is not sglang_refuses
 
 
 def test_decision_honours_the_disable_flag(fixtures_root: Path) -> None:
@@ -77,7 +79,7 @@ def test_model_fuses_as_decided_and_publishes_an_off_decision(
     hf_config, quant_config = sglang_configs(fixtures_root / fmt)
     with get_context().override_server_args(device="cpu", **flags):
         model = cpu_model(hf_config, quant_config)
-        assert get_exec().moe.disable_shared_experts_fusion is not fused
+        assert fusion_published_off(model) is not fused
     assert model.enable_shared_expert_fusion is fused and model.num_fused_shared_experts == int(fused)
     text = hf_config.text_config
     for decoder_layer in model.model.layers:

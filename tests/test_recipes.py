@@ -6,6 +6,7 @@ import pytest
 from launch.errors import LaunchError
 from launch.recipe import load_recipe
 from launch.sglang_options import parse_with_sglang
+from sglang_ext import SUPPORTED_SGLANG
 from tests.conftest import all_recipe_names
 
 REQUIRED = {
@@ -24,7 +25,7 @@ def test_every_required_recipe_ships():
 def test_recipe_is_valid(name):
     loaded = load_recipe(name)
     assert loaded.recipe.title
-    assert loaded.recipe.sglang.version == "0.5.17"
+    assert loaded.recipe.sglang.version == list(SUPPORTED_SGLANG)  # a user on either release can serve every recipe
     for result in loaded.recipe.expected:
         assert result.source
 
@@ -179,7 +180,32 @@ def test_readme_lists_every_recipe():
 def test_option_combinations_sglang_refuses_at_start_are_refused_first(recipes_dir: Path, sets: list[str], message: str):
     # card 001's recipe: NEXTN 5/1/6, extra_buffer, page size 64
     error = _error("qwen3.5-397b-nvfp4-rtxpro6000-mtp", recipes_dir, sets)
-    assert "combines server arguments SGLang 0.5.17 refuses at start" in error and message in error
+    assert "combines server arguments refused at start by SGLang 0.5.17 and 0.5.23" in error and message in error
+
+
+def test_a_start_rule_a_release_dropped_is_checked_for_the_releases_that_keep_it(recipes_dir: Path):
+    lazy_dflash = ["mamba-radix-cache-strategy=extra_buffer_lazy", "speculative-algorithm=DFLASH"]
+    error = _error("tiny-bf16", recipes_dir, lazy_dflash)
+    assert "refused at start by SGLang 0.5.17:" in error
+    assert "DFLASH; use extra_buffer\n" in error  # the heading names the one release
+    both = _error("tiny-bf16", recipes_dir, [*lazy_dflash, "page-size=48"])
+    assert "refused at start by SGLang 0.5.17 and 0.5.23:" in both
+    assert "DFLASH; use extra_buffer (SGLang 0.5.17)\n" in both and "multiple of page-size 48 under extra_buffer\n" in both
+    assert load_recipe("tiny-bf16", [*lazy_dflash, "sglang.version=0.5.23"], directory=recipes_dir).recipe.sglang.version == ["0.5.23"]
+
+
+def test_an_option_one_release_lacks_is_refused_naming_that_release(recipes_dir: Path):
+    error = _error("tiny-bf16", recipes_dir, ["attn-dp-size=1"])
+    assert "rejected by SGLang 0.5.17:" in error and "SGLang 0.5.17 has no option '--attn-dp-size'" in error
+    assert load_recipe("tiny-bf16", ["attn-dp-size=1", "sglang.version=0.5.23"], directory=recipes_dir).server_cli[-2:] == [
+        "--attn-dp-size", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["0.5.20", "[0.5.17, 0.5.22]", "[]"])
+def test_a_release_sglang_ext_does_not_support_is_refused_naming_the_supported_ones(recipes_dir: Path, version: str):
+    error = _error("tiny-bf16", recipes_dir, [f"sglang.version={version}"])
+    assert "--set sglang.version" in error and "sglang.version" in error
+    assert "not one sglang_ext supports (0.5.17 and 0.5.23)" in error or "at least 1 item" in error, error
 
 
 def test_fixture_shapes_a_recipe_may_name_are_the_generators():

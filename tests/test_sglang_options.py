@@ -2,14 +2,18 @@ import importlib.util
 
 import pytest
 
-from launch.sglang_options import OptionTable, option_table, parse_with_sglang
+from launch.sglang_options import SNAPSHOT_DIR, OptionTable, installed_sglang_version, parse_with_sglang, sglang_parser
+from launch.sglang_rules import RULES
+from sglang_ext import SUPPORTED_SGLANG
 
-PINNED = "0.5.17"
+
+@pytest.fixture(scope="module", params=list(SUPPORTED_SGLANG))
+def table(request) -> OptionTable:
+    return OptionTable.snapshot(request.param)
 
 
-@pytest.fixture(scope="module")
-def table() -> OptionTable:
-    return OptionTable.snapshot(PINNED)
+def test_every_supported_release_has_a_snapshot_and_its_start_rules():
+    assert sorted(p.stem for p in SNAPSHOT_DIR.glob("*.json")) == sorted(SUPPORTED_SGLANG) == sorted(RULES)
 
 
 def test_snapshot_knows_the_options_the_recipes_rely_on(table):
@@ -21,9 +25,9 @@ def test_snapshot_knows_the_options_the_recipes_rely_on(table):
 
 
 def test_renders_values_flags_and_lists(table):
-    cli = table.to_cli({"tp-size": 4, "enable-dp-attention": True, "disable-radix-cache": False,
+    cli = table.to_cli({"tp-size": 4, "enable-torch-compile": True, "disable-radix-cache": False,
                         "cuda-graph-bs-decode": [1, 2, 4], "mem-fraction-static": 0.8})
-    assert cli == ["--tp-size", "4", "--enable-dp-attention", "--cuda-graph-bs-decode", "1", "2", "4",
+    assert cli == ["--tp-size", "4", "--enable-torch-compile", "--cuda-graph-bs-decode", "1", "2", "4",
                    "--mem-fraction-static", "0.8"]
 
 
@@ -38,15 +42,31 @@ def test_json_options_take_mappings(table):
     ({"tp-size": "four"}, "takes an integer"),
     ({"tp-size": True}, "takes an integer"),
     ({"attention-backend": "flash"}, "must be one of"),
-    ({"enable-dp-attention": "yes"}, "on/off flag"),
-    ({"cuda-graph-max-bs": 10}, "use 'cuda-graph-max-bs-decode'"),
-    ({"mamba-scheduler-strategy": "extra_buffer"}, "use 'mamba-radix-cache-strategy'"),
+    ({"disable-radix-cache": "yes"}, "on/off flag"),
     ({"tp-size": 2, "tensor-parallel-size": 2}, "same option as 'tp-size'"),
     ({"mem-fraction-static": [0.5]}, "takes one value"),
 ])
 def test_rejects_with_a_message_naming_the_fix(table, args, message):
     with pytest.raises(ExceptionGroup) as caught:
         table.to_cli(args)
+    assert any(message in str(e) for e in caught.value.exceptions), [str(e) for e in caught.value.exceptions]
+
+
+# What the card flags SGLang renamed became: 0.5.17 keeps the old names as deprecated aliases, 0.5.23 drops
+# them (and turns --enable-dp-attention into an alias of --attn-dp-size).
+RENAMED = {
+    "0.5.17": [({"cuda-graph-max-bs": 10}, "use 'cuda-graph-max-bs-decode'"),
+               ({"mamba-scheduler-strategy": "extra_buffer"}, "use 'mamba-radix-cache-strategy'")],
+    "0.5.23": [({"cuda-graph-max-bs": 10}, "SGLang 0.5.23 has no option '--cuda-graph-max-bs'"),
+               ({"mamba-scheduler-strategy": "extra_buffer"}, "SGLang 0.5.23 has no option '--mamba-scheduler-strategy'"),
+               ({"enable-dp-attention": True}, "use 'attn-dp-size <dp-size>'")],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("version, args, message", [(v, *case) for v, cases in RENAMED.items() for case in cases])
+def test_renamed_flags_name_their_successor_in_each_release(version, args, message):
+    with pytest.raises(ExceptionGroup) as caught:
+        OptionTable.snapshot(version).to_cli(args)
     assert any(message in str(e) for e in caught.value.exceptions), [str(e) for e in caught.value.exceptions]
 
 
@@ -67,11 +87,12 @@ sglang_present = pytest.mark.skipif(
 
 
 @sglang_present
-def test_snapshot_matches_the_installed_sglang(table):
-    live = option_table(PINNED)
-    if live.source == table.source:
-        pytest.skip("installed SGLang is not the pinned version")
-    assert {o.flags: o for o in live.options} == {o.flags: o for o in table.options}
+def test_the_installed_sglangs_snapshot_matches_its_parser():
+    installed = installed_sglang_version()
+    if installed not in SUPPORTED_SGLANG:
+        pytest.skip(f"SGLang {installed} is not one sglang_ext supports; no snapshot to compare")
+    live = OptionTable.from_parser(sglang_parser(), installed, source="sglang (installed)")
+    assert {o.flags: o for o in live.options} == {o.flags: o for o in OptionTable.snapshot(installed).options}
 
 
 @sglang_present

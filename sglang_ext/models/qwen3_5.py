@@ -1,6 +1,6 @@
 """Qwen3.5-MoE with the shared expert fused into the routed MoE on CUDA (FSE).
 
-SGLang 0.5.17 fuses Qwen3.5's shared expert only under aiter: the decoder layers build
+SGLang 0.5.17 and 0.5.23 fuse Qwen3.5's shared expert only under aiter: the decoder layers build
 `Qwen2MoeSparseMoeBlock` without the `enable_cuda_shared_expert_fusion` that Qwen3-Next passes, and
 `Qwen3_5MoeForConditionalGeneration` loads the shared expert into expert slot E only under aiter. This
 override builds the same layers with that flag, decides from the checkpoint whether the shared expert
@@ -19,16 +19,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from sglang.srt.arg_groups.overrides import declare_load_time_override
 from sglang.srt.layers.moe import get_moe_runner_backend
 from sglang.srt.models import qwen3_5
 from sglang.srt.models.qwen2_moe import Qwen2MoeSparseMoeBlock, can_fuse_shared_expert
 from sglang.srt.runtime_context import get_exec
 
+from sglang_ext import require_supported_sglang
 from sglang_ext.quantization.mxfp4_ct_names import ct_mxfp4_expert_name, serves_experts_with_mxfp4_moe_method
 from sglang_ext.shared_expert_fusion import FusionDecision, decide_shared_expert_fusion, shared_expert_slot
 
 logger = logging.getLogger(__name__)
+SGLANG = require_supported_sglang()
 
 
 class CudaFusableSparseMoeBlock(Qwen2MoeSparseMoeBlock):
@@ -72,6 +73,17 @@ def checkpoint_quant_config(config: Any, quant_config: Any) -> dict[str, Any] | 
     return {"quant_method": quant_config.get_name()}
 
 
+def publish_fusion_off_0_5_17() -> None:
+    """SGLang 0.5.17: the off decision declared before the layers are built, which read the flag; SGLang's
+    other readers (this model's aiter path, the routed-experts capturer) then agree, as after its own
+    `_maybe_autodisable_shared_experts_fusion` on ROCm. 0.5.23 removed the call and asks
+    `shared_experts_fusion_disable_reason` instead."""
+    from sglang.srt.arg_groups.overrides import declare_load_time_override
+
+    if not get_exec().moe.disable_shared_experts_fusion:
+        declare_load_time_override(f"{__name__}.fusion_decision", {"disable_shared_experts_fusion": True})
+
+
 def fusion_decision(config: Any, quant_config: Any) -> FusionDecision:
     decision = decide_shared_expert_fusion(
         config.to_dict(),
@@ -85,6 +97,14 @@ def fusion_decision(config: Any, quant_config: Any) -> FusionDecision:
 
 
 class Qwen3_5MoeForConditionalGeneration(qwen3_5.Qwen3_5MoeForConditionalGeneration):
+    @staticmethod
+    def shared_experts_fusion_disable_reason(hf_config: Any, quant_config: Any) -> str | None:
+        """SGLang 0.5.23's hook: its loader asks the model class before building it and publishes a reason as
+        fusion off for every reader (`resolve_shared_experts_config`); the stock answer is ROCm's
+        `can_fuse_shared_expert` alone. SGLang 0.5.17 never asks: `__init__` publishes it there."""
+        decision = fusion_decision(hf_config, quant_config)
+        return None if decision.fuse else f"Qwen3.5 shared expert kept separate: {decision.reason}."
+
     def __init__(
         self,
         config: Any,
@@ -93,11 +113,8 @@ class Qwen3_5MoeForConditionalGeneration(qwen3_5.Qwen3_5MoeForConditionalGenerat
         language_model_cls: type = qwen3_5.Qwen3_5MoeForCausalLM,
     ) -> None:
         decision = fusion_decision(config, quant_config)
-        if not decision.fuse and not get_exec().moe.disable_shared_experts_fusion:
-            # Before the layers are built, which read the flag; SGLang's other readers (this model's aiter
-            # path, the routed-experts capturer) then agree. `_maybe_autodisable_shared_experts_fusion`
-            # does the same on ROCm, from the weaker `can_fuse_shared_expert` alone.
-            declare_load_time_override(f"{__name__}.fusion_decision", {"disable_shared_experts_fusion": True})
+        if not decision.fuse and SGLANG == "0.5.17":
+            publish_fusion_off_0_5_17()
         with cuda_fusable_moe_blocks():
             super().__init__(config, quant_config, prefix, language_model_cls)
         self.num_fused_shared_experts = self._get_num_fused_shared_experts()

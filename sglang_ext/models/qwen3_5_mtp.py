@@ -7,7 +7,8 @@ the same case, but stock SGLang keeps the config, and the head's layers cannot m
 the MTP decoder layer names its attention projections without `self_attn` (`mtp.layers.0.qkv_proj`), so
 `mtp.layers.0.self_attn.q_proj` in `ignore` never applies and the layer asks for a quantized scheme, failing
 at start with "Other method (CompressedTensorsW4A16Sparse24) is not supported now". This override drops the
-config there too, as SGLang does for Quark.
+config there too, as SGLang does for Quark. SGLang 0.5.23 gathers those cases in `_mtp_quant_config`
+(qwen3_5_mtp.py:50; Quark now only when the MTP experts are excluded) and still keeps a compressed-tensors config.
 """
 
 from typing import Any

@@ -7,7 +7,8 @@ parameters are `w13_weight` / `w2_weight`; Qwen3.5's loader turns
 `mlp.experts.{e}.gate_proj.weight_packed` into `mlp.experts.w13_weight_packed`, which is no parameter,
 and fails with a KeyError (models/qwen3_5.py:2257, `params_dict[name_mapped]`). SGLang's DeepSeek and Kimi
 loaders rename the tensor first (models/deepseek_common/deepseek_weight_loader.py:278,
-models/kimi_k3.py:2761-2763); :func:`ct_mxfp4_expert_name` is that rename for Qwen3.5.
+models/kimi_k3.py:2761-2763); :func:`ct_mxfp4_expert_name` is that rename for Qwen3.5. SGLang 0.5.23 is the
+same (compressed_tensors.py:236-242, qwen3_5.py:2925).
 """
 
 _PACKED = ".weight_packed"

@@ -1,9 +1,9 @@
-"""Quark MXFP4 W4A4 on CUDA GPUs without FP4 matrix units (Hopper): what SGLang 0.5.17 only runs on aiter.
+"""Quark MXFP4 W4A4 on CUDA GPUs without FP4 matrix units (Hopper): what SGLang 0.5.17 and 0.5.23 run on aiter only.
 
 SGLang's ``QuarkW4A4MXFp4MoE`` and ``QuarkW4A4MXFP4`` (layers/quantization/quark/schemes/) create the
 right parameters for a serialized Quark MXFP4 checkpoint on any device, but their forward passes call
-aiter kernels and ``create_moe_runner`` builds no runner off aiter, so on CUDA the layer has nothing to
-run. The subclasses here keep SGLang's parameter creation (hence its weight loading, including the fused
+aiter kernels and ``create_moe_runner`` builds no runner off aiter (0.5.23 raises there: "requires the AITER
+runner"), so on CUDA the layer has nothing to run. The subclasses here keep SGLang's parameter creation (hence its weight loading, including the fused
 shared expert as expert slot E) and replace what happens after loading:
 
 * MoE (:class:`QuarkW4A4MXFp4MoECuda`): weights stay MXFP4 and run through SGLang's MXFP4 Marlin MoE
@@ -187,7 +187,7 @@ def quark_mxfp4_cuda_scheme(
     None off CUDA (SGLang's aiter schemes apply on ROCm) and for every layer config that is not MXFP4
     W4A4 or that quantizes outputs/bias (SGLang's QuarkConfig then decides, or raises its own error).
     A QuarkConfig override asks it first, in both ``get_linear_scheme(self, layer, layer_name)`` and
-    ``get_moe_scheme(self, module, layer_name)``::
+    ``get_moe_scheme(self, module, layer_name, **kwargs)`` (SGLang 0.5.23's keywords go on to ``super()``)::
 
         scheme = quark_mxfp4_cuda_scheme(self, layer, layer_name)  # `module` in get_moe_scheme
         if scheme is not None:

@@ -1,4 +1,4 @@
-"""The hook that gives SGLang 0.5.17's Quark config the INT8 W8A8 schemes.
+"""The hook that gives SGLang's Quark config the INT8 W8A8 schemes (0.5.17 and 0.5.23 have none).
 
 SGLang builds a checkpoint's quantization config from the class registered under its `quant_method` in
 `sglang.srt.layers.quantization.QUANTIZATION_METHODS`, looked up by `get_quantization_config` when the
@@ -40,13 +40,15 @@ class QuarkInt8Schemes:
             return QuarkW8A8Int8(layer_name)
         return super().get_linear_scheme(layer, layer_name)
 
-    def get_moe_scheme(self, module: torch.nn.Module, layer_name: str) -> QuarkMoEScheme:
+    def get_moe_scheme(self, module: torch.nn.Module, layer_name: str, **sglang_kwargs: Any) -> QuarkMoEScheme:
+        # sglang_kwargs: SGLang 0.5.23's `quantize_shared_expert_online` (a BF16 shared expert quantized into
+        # the fused slot on ROCm only; off on CUDA, where ours apply), handed on to SGLang's own schemes.
         scheme = quark_mxfp4_cuda_scheme(self, module, layer_name)
         if scheme is not None:
             return scheme
         if is_quark_w8a8_int8(self._find_matched_config(layer_name, module)):
             return QuarkW8A8Int8MoE(layer_name)
-        return super().get_moe_scheme(module, layer_name)
+        return super().get_moe_scheme(module, layer_name, **sglang_kwargs)
 
 
 def register_quark_int8() -> type[QuarkConfig]:
