@@ -1,9 +1,16 @@
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from launch.recipe import recipe_paths
+
+# Without a GPU, Triton kernels run in Triton's interpreter (sglang_ext.kernels' tests, tests/triton_cpu.py).
+# Triton reads the variable when a module defines a kernel, so it is set before any test module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 

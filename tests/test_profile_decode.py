@@ -56,6 +56,7 @@ def test_groups_of_sglang_kernel_names() -> None:
     assert profile_decode.group_of("_causal_conv1d_update_kernel") == "deltanet"
     assert profile_decode.group_of("_decode_att_m_fwd_kernel") == "attention"
     assert profile_decode.group_of("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16>") == "gemm"
+    assert profile_decode.group_of("_gemv_kernel") == "gemm"  # sglang_ext.kernels.gemv (SGLANG_EXT_SMALL_M_GEMV=1)
     assert profile_decode.group_of("_gemma_rmsnorm_kernel") == "norm"
     assert profile_decode.group_of("triton_poi_fused_mul_sigmoid_0") == "other"
 

@@ -40,7 +40,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("deltanet", r"gated_delta|recurrent|causal_conv1d|gdn|l2norm|chunk_|solve_tril|kkt"),
     ("attention", r"attention|attn|_fwd_kernel|flash|rotary|rope|kv_cache|set_kv"),
     ("norm", r"rmsnorm|layernorm|layer_norm|rms_norm|norm"),  # before gemm: "gemma_rmsnorm"
-    ("gemm", r"gemm|cutlass|xmma|nvjet|cublas|int8_scaled_mm|matmul|splitk|sm90_"),
+    ("gemm", r"gemm|gemv|cutlass|xmma|nvjet|cublas|int8_scaled_mm|matmul|splitk|sm90_"),
     ("sampling", r"softmax|argmax|sort|sampl|logit|multinomial|cumsum"),
 )
 

@@ -14,6 +14,10 @@ from sglang_ext.moe_configs import use_tuned_moe_configs  # noqa: E402
 
 use_tuned_moe_configs()
 
+from sglang_ext.small_m_gemv import install as install_small_m_gemv  # noqa: E402
+
+install_small_m_gemv()  # only with SGLANG_EXT_SMALL_M_GEMV=1
+
 # SGLang imports this package strictly but its modules leniently (registry.py: an import error there only
 # logs a warning and the stock class serves); importing the overrides here makes a broken one stop the start.
 from sglang_ext.models import qwen3_5, qwen3_5_mtp  # noqa: E402,F401

@@ -1,0 +1,44 @@
+"""eval.perf.bench_gemv on a CPU: the layer shapes it measures, and a clear refusal to time anything."""
+
+import pytest
+import torch
+
+from eval.perf import bench_gemv
+from eval.perf.bench_gemv import DenseLinear, dense_linears
+
+
+def test_35b_dense_linears_as_sglang_serves_them() -> None:
+    """Qwen3.5-35B-A3B: 30 DeltaNet and 10 attention layers, each with a router and an unfused shared expert."""
+    assert dense_linears("qwen3.5-35b-a3b") == [
+        DenseLinear(1, 2048, ("mlp.shared_expert_gate",), 40, int8=False),
+        DenseLinear(64, 2048, ("linear_attn.in_proj_ba",), 30, int8=True),  # b and a, 32 value heads each
+        DenseLinear(256, 2048, ("mlp.gate",), 40, int8=False),
+        DenseLinear(1024, 2048, ("mlp.shared_expert.gate_up_proj",), 40, int8=True),
+        DenseLinear(2048, 512, ("mlp.shared_expert.down_proj",), 40, int8=True),
+        DenseLinear(2048, 4096, ("linear_attn.out_proj", "self_attn.o_proj"), 40, int8=True),
+        DenseLinear(9216, 2048, ("self_attn.qkv_proj",), 10, int8=True),  # gated q (2 x 16 x 256) + k + v
+        DenseLinear(12288, 2048, ("linear_attn.in_proj_qkvz",), 30, int8=True),
+        DenseLinear(248320, 2048, ("lm_head",), 1, int8=False),
+    ]
+
+
+def test_397b_per_gpu_shapes() -> None:
+    shapes = {(linear.n, linear.k, linear.int8): linear.per_step for linear in dense_linears("qwen3.5-397b-a17b-tp4")}
+    assert shapes == {
+        (1, 4096, False): 60, (32, 4096, True): 45, (512, 4096, False): 60, (512, 4096, True): 60,
+        (4096, 256, True): 60, (4096, 2048, True): 60, (4608, 4096, True): 15, (5120, 4096, True): 45,
+        (62080, 4096, False): 1,
+    }  # fmt: skip
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: it would benchmark")
+def test_needs_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_gemv.main([]) == 1
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--m", "0"], ["--m", "9"], ["--shapes", "qwen9"]])
+def test_bad_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench_gemv.main(argv)
+    assert exited.value.code == 2 and "error:" in capsys.readouterr().err
