@@ -1,11 +1,15 @@
 """The speculative-decoding suite's scorer (tests/gpu/spec_conformance.py), on CPU: identical rounds pass, a
 divergence away from a near-tie, a logprob drift, an accept length off its band and a cold second round
-are each caught."""
+are each caught; each case's server is one the launcher accepts."""
 
+import argparse
 import copy
+import subprocess
+import sys
 
 import pytest
 
+from tests.conftest import REPO
 from tests.gpu import spec_conformance as spec
 
 
@@ -65,3 +69,39 @@ def test_the_prompts_start_paths_from_many_tokens_and_share_a_long_prefix() -> N
     assert len(batch) == spec.PROMPTS and len({p[-1] for p in batch}) > spec.PROMPTS * 2 // 3
     shared = batch[-spec.SHARED :]
     assert all(p[:300] == shared[0][:300] for p in shared)
+
+
+def test_a_server_without_radix_cache_is_not_asked_for_prefix_hits() -> None:
+    plain = _round([[1, 2]], cached=2)
+    eagle = _round([[1, 2]], accept=spec.expected_accept_length(0.8, 3))
+    results = [spec.CaseResult("mxfp4-fse", "plain", 60.0, shape="tiny-top10", rounds=[plain, copy.deepcopy(plain)]),
+               spec.CaseResult("mxfp4-fse", "eagle-3-1-4", 70.0, shape="tiny-top10", rounds=[eagle, copy.deepcopy(eagle)])]  # fmt: skip
+    rows, failures = spec.score(results, 0.8)
+    assert not failures and {row["format"] for row in rows} == {"mxfp4-fse@tiny-top10"}
+
+
+def test_each_shape_is_compared_with_its_own_plain_server() -> None:
+    plain = _round([[1, 2, 3]], cached=3)
+    other_plain = _round([[7, 8, 9]], cached=3)
+    nextn = _round([[1, 2, 3]], accept=spec.expected_accept_length(0.8, 5), cached=3)
+    results = [spec.CaseResult("bf16", "plain", 60.0, rounds=[plain, plain]),
+               spec.CaseResult("bf16", "plain", 60.0, shape="tiny-top10", rounds=[other_plain, other_plain]),
+               spec.CaseResult("bf16", "nextn-5-1-6", 60.0, shape="tiny-top10", rounds=[nextn, nextn])]  # fmt: skip
+    _, failures = spec.score(results, 0.8)
+    assert failures == [f"bf16@tiny-top10 nextn-5-1-6 round {n}: 1 outputs part from plain decoding away from a near-tie" for n in (1, 2)]
+
+
+@pytest.mark.parametrize("case", list(spec.SPEC))
+def test_every_case_is_a_server_the_launcher_accepts(case: str) -> None:
+    """The sets of each case (the MI355X twins' EAGLE cache settings, the caps of side-by-side servers, fp8 KV
+    for NVFP4) through the launcher's own checks, as the GPU run passes them."""
+    args = argparse.Namespace(acceptance=0.8, tp=1, ep=1, parallel=4, set=["port=31999"])
+    sets = spec.server_sets("nvfp4", "tiny-top10", case, args)
+    done = subprocess.run([sys.executable, "-m", "launch", spec.FORMAT_RECIPES["nvfp4"], "--dry-run",
+                           *[arg for item in sets for arg in ("--set", item)]], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    command = " ".join(done.stdout.replace("\\\n", " ").split())
+    assert "--kv-cache-dtype fp8_e4m3" in command and "--max-mamba-cache-size 512" in command and "--port 31999" in command
+    assert "nvfp4-tiny-top10-mtp0.8" in command
+    assert ("--disable-radix-cache" in command) is (not spec.SPEC[case].radix)
+    assert ("--speculative-algorithm" in command) is bool(spec.SPEC[case].algorithm)

@@ -1,23 +1,28 @@
 """Speculative decoding ≡ plain decoding, on real SGLang, for checkpoints whose MTP head drafts what the main
 model will say at a known share P (`--mtp-acceptance`, sglang_ext/fixtures/predictable_mtp.py).
 
-For each format, one checkpoint is served three times by the launcher: plain, NEXTN 5/1/6 (card 001) and
-NEXTN 3/1/4 (InferenceX), with CUDA graphs on and card 001's cache settings (page size 64, mamba radix cache
-extra_buffer; fp8 KV for NVFP4 as that card serves it). 32 greedy prompts go in one batch, half of them
-sharing a 400-token prefix, each asking for NEW_TOKENS tokens; the batch is sent twice, the second time out
-of the radix cache (prefix hits, DeltaNet states restored from the extra buffer). Against the plain server's
-first round, every round of every server must give
+For each format and fixture shape (`tiny`; `tiny-top10`, the 397B's routing: top-10 of 32 experts), one
+checkpoint is served by the launcher plain, under NEXTN 5/1/6 (card 001) and NEXTN 3/1/4 (InferenceX), all
+with card 001's cache settings (page size 64, mamba radix cache extra_buffer), and under EAGLE 3/1/4 with
+the MI355X `-mtp` twins' page size 16 and no radix cache; CUDA graphs on, fp8 KV for NVFP4 as card 001
+serves it. 32 greedy prompts go in one batch, half of them sharing a 400-token prefix, each asking for
+NEW_TOKENS tokens; the batch is sent twice, the second time out of the radix cache where there is one
+(prefix hits, DeltaNet states restored from the extra buffer). Against the plain server's first round,
+every round of every server must give
 
 * the same tokens, except where they part at a near-tie (top-2 gap < NEAR_TIE nats in either run);
 * the same logprobs of the top-2 candidates up to that point (|Δ| < LOGPROB_TOL): a wrong recurrent state
   after a rejected draft shows there even when the argmax survives it;
 * under NEXTN, an accept length inside the band P implies (sum of P^j, j = 0..steps).
 
-    python -m tests.gpu.spec_conformance [--formats bf16,int8] [--acceptance 0.8] [--tp 1] [--out DIR]
+    python -m tests.gpu.spec_conformance [--formats bf16,int8] [--shapes tiny,tiny-top10] [--cases ...]
+        [--acceptance 0.8] [--tp 1] [--parallel 4] [--out DIR]
         [--while-plain 'SHELL COMMAND']   # run against the plain server (BASE_URL and MODEL set), e.g. the kits
 
 Prints one table and writes spec_conformance.json; exit 1 if any pass mark is missed. Each server's rounds are
 kept in --out/cases/ as they finish; a rerun with the same --out serves only the cases not yet there.
+`--parallel N` serves N at a time on one GPU, each with pools capped (PARALLEL_POOLS) so that one server's
+allocations cannot empty the memory another is measuring while it starts.
 """
 
 import argparse
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,10 +40,42 @@ from tests.gpu.serving import REPO, ServerDidNotStart, served
 
 FORMAT_RECIPES = {"bf16": "tiny-bf16", "int8": "tiny-int8", "ct-mxfp4": "tiny-ct-mxfp4", "nvfp4": "tiny-nvfp4",
                   "mxfp4-fse": "tiny-mxfp4-fse"}  # fmt: skip
+SHAPES = ("tiny", "tiny-top10")
 CARD_001_CACHE = ("page-size=64", "mamba-radix-cache-strategy=extra_buffer")
+MI355X_MTP_CACHE = ("page-size=16", "disable-radix-cache=true")  # recipes/qwen3.5-397b-*-mi355x-mtp.yaml
 CARD_001_KV = {"nvfp4": ("kv-cache-dtype=fp8_e4m3",)}
-SPEC = {"plain": None, "nextn-5-1-6": (5, 1, 6), "nextn-3-1-4": (3, 1, 4)}
+# A batch holds 32 × ≤ 580 tokens; 512 DeltaNet slots cover its requests, the extra buffer and cached prefixes.
+PARALLEL_POOLS = ("max-total-tokens=131072", "max-mamba-cache-size=512")
 PROMPTS, SHARED, NEW_TOKENS = 32, 16, 128
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How a case's server decodes: its cache settings and, when it drafts, the algorithm and draft shape."""
+
+    cache: tuple[str, ...]
+    algorithm: str | None = None
+    steps: int = 0
+    topk: int = 1
+    drafts: int = 0
+
+    @property
+    def radix(self) -> bool:
+        return "disable-radix-cache=true" not in self.cache
+
+    @property
+    def sets(self) -> tuple[str, ...]:
+        draft = (f"speculative-algorithm={self.algorithm}", f"speculative-num-steps={self.steps}",
+                 f"speculative-eagle-topk={self.topk}", f"speculative-num-draft-tokens={self.drafts}")  # fmt: skip
+        return self.cache + (draft if self.algorithm else ())
+
+
+SPEC = {
+    "plain": Spec(CARD_001_CACHE),
+    "nextn-5-1-6": Spec(CARD_001_CACHE, "NEXTN", 5, 1, 6),  # card 001
+    "nextn-3-1-4": Spec(CARD_001_CACHE, "NEXTN", 3, 1, 4),  # InferenceX's NVIDIA MTP scripts
+    "eagle-3-1-4": Spec(MI355X_MTP_CACHE, "EAGLE", 3, 1, 4),  # the MI355X -mtp twins
+}
 NEAR_TIE = 0.1
 LOGPROB_TOL = 0.3  # BF16 kernels in another order (verify is an extend, plain a decode), over a ~7-nat top-2 gap
 ACCEPT_BAND = (0.85, 1.15)  # around the expected accept length; the prefill's token and the last step skew it
@@ -57,9 +95,15 @@ class CaseResult:
     fmt: str
     case: str
     ready_s: float = 0.0
+    shape: str = "tiny"
     error: str = ""
     rounds: list[Round] = field(default_factory=list)
     plain_hook: dict | None = None
+
+
+def served_as(fmt: str, shape: str) -> str:
+    """What a checkpoint is called in the table and the case files: the format, and its shape unless tiny."""
+    return fmt if shape == "tiny" else f"{fmt}@{shape}"
 
 
 def expected_accept_length(acceptance: float, steps: int) -> float:
@@ -106,46 +150,57 @@ def _round(server, batch: list[list[int]]) -> Round:
     return result
 
 
-def _sets(fmt: str, case: str, args: argparse.Namespace) -> list[str]:
-    sets = [f"model.fixture_mtp_acceptance={args.acceptance}", *CARD_001_CACHE, *CARD_001_KV.get(fmt, ()),
-            f"cuda-graph-max-bs-decode={PROMPTS}", f"tp-size={args.tp}", *args.set]  # fmt: skip
+def server_sets(fmt: str, shape: str, case: str, args: argparse.Namespace) -> list[str]:
+    """The launcher's `--set` items for one case; later items win, so `--set` from the command line last."""
+    sets = [f"model.fixture_mtp_acceptance={args.acceptance}", f"model.fixture_shape={shape}", *SPEC[case].sets,
+            *CARD_001_KV.get(fmt, ()), f"cuda-graph-max-bs-decode={PROMPTS}", f"tp-size={args.tp}"]  # fmt: skip
     if args.ep > 1:
         sets.append(f"ep-size={args.ep}")
-    if SPEC[case]:
-        steps, topk, drafts = SPEC[case]
-        sets += ["speculative-algorithm=NEXTN", f"speculative-num-steps={steps}", f"speculative-eagle-topk={topk}",
-                 f"speculative-num-draft-tokens={drafts}"]  # fmt: skip
-    return sets
+    if args.parallel > 1:
+        sets += PARALLEL_POOLS
+    return sets + args.set
 
 
-def run_case(fmt: str, case: str, batch: list[list[int]], args: argparse.Namespace) -> CaseResult:
+def write_checkpoints(formats: list[str], shapes: list[str], acceptance: float) -> None:
+    """Each checkpoint the cases serve, written before any server starts: servers started side by side
+    would otherwise each write it and replace the files another one is loading."""
+    from launch.recipe import load_recipe
+    from sglang_ext.fixtures import Variant, ensure_fixture
+
+    for fmt in formats:
+        for shape in shapes:
+            ensure_fixture(load_recipe(FORMAT_RECIPES[fmt]).recipe.model.fixture, variant=Variant(shape, acceptance))
+
+
+def run_case(fmt: str, shape: str, case: str, batch: list[list[int]], args: argparse.Namespace) -> CaseResult:
     """One server's rounds; kept in --out as soon as they are in, and read back instead of served again, so
     a suite cut short by a time limit resumes where it stopped."""
-    saved = args.out / "cases" / f"{fmt}-{case}.json"
+    saved = args.out / "cases" / f"{served_as(fmt, shape)}-{case}.json"
     if saved.is_file():
         result = CaseResult(**json.loads(saved.read_text()))
         result.rounds = [Round(**{**r, "top2": [[tuple(p) for p in seq] for seq in r["top2"]],
                                   "top2_ids": [[tuple(p) for p in seq] for seq in r["top2_ids"]]}) for r in result.rounds]  # fmt: skip
-        print(f"{fmt} {case}: done in an earlier run ({saved})", flush=True)
+        print(f"{served_as(fmt, shape)} {case}: done in an earlier run ({saved})", flush=True)
         return result
-    result = _serve_case(fmt, case, batch, args)
+    result = _serve_case(fmt, shape, case, batch, args)
     if not result.error:
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(asdict(result)) + "\n")
     return result
 
 
-def _serve_case(fmt: str, case: str, batch: list[list[int]], args: argparse.Namespace) -> CaseResult:
-    result = CaseResult(fmt, case)
+def _serve_case(fmt: str, shape: str, case: str, batch: list[list[int]], args: argparse.Namespace) -> CaseResult:
+    result = CaseResult(fmt, case, shape=shape)
+    name = served_as(fmt, shape)
     try:
-        with served(FORMAT_RECIPES[fmt], _sets(fmt, case, args), args.out / "servers" / f"{fmt}-{case}") as server:
+        with served(FORMAT_RECIPES[fmt], server_sets(fmt, shape, case, args), args.out / "servers" / f"{name}-{case}") as server:
             result.ready_s = server.ready_s
             result.rounds = [_round(server, batch), _round(server, batch)]
             if case == "plain" and args.while_plain:
-                result.plain_hook = _hook(args.while_plain, server.base_url, args.out / f"while-plain-{fmt}.log")
+                result.plain_hook = _hook(args.while_plain, server.base_url, args.out / f"while-plain-{name}.log")
     except (ServerDidNotStart, OSError, KeyError, ValueError) as error:
         result.error = f"{type(error).__name__}: {error}"[:400]
-    print(f"{fmt} {case}: {'ready after %.0f s' % result.ready_s if result.ready_s else 'no server'}"
+    print(f"{name} {case}: {'ready after %.0f s' % result.ready_s if result.ready_s else 'no server'}"
           f"{', ' + result.error if result.error else ''}", flush=True)  # fmt: skip
     return result
 
@@ -179,28 +234,30 @@ def compare(plain: Round, other: Round) -> dict:
 
 def score(results: list[CaseResult], acceptance: float) -> tuple[list[dict], list[str]]:
     rows, failures = [], []
-    plains = {r.fmt: r for r in results if r.case == "plain" and not r.error}
+    plains = {(r.fmt, r.shape): r for r in results if r.case == "plain" and not r.error}
     for r in results:
-        if r.error or r.fmt not in plains:
-            failures.append(f"{r.fmt} {r.case}: {r.error or 'no plain server to compare with'}")
+        name = served_as(r.fmt, r.shape)
+        if r.error or (r.fmt, r.shape) not in plains:
+            failures.append(f"{name} {r.case}: {r.error or 'no plain server to compare with'}")
             continue
-        expected = expected_accept_length(acceptance, SPEC[r.case][0]) if SPEC[r.case] else None
+        spec = SPEC[r.case]
+        expected = expected_accept_length(acceptance, spec.steps) if spec.algorithm else None
         for index, served_round in enumerate(r.rounds):
-            row = {"format": r.fmt, "case": r.case, "round": index + 1, "ready_s": round(r.ready_s),
+            row = {"format": name, "case": r.case, "round": index + 1, "ready_s": round(r.ready_s),
                    "cached_tokens": served_round.cached_tokens, "accept_length": served_round.accept_length,
-                   "expected_accept_length": expected, **compare(plains[r.fmt].rounds[0], served_round)}  # fmt: skip
+                   "expected_accept_length": expected, **compare(plains[r.fmt, r.shape].rounds[0], served_round)}  # fmt: skip
             rows.append(row)
-            where = f"{r.fmt} {r.case} round {index + 1}"
+            where = f"{name} {r.case} round {index + 1}"
             if row["unexplained"]:
                 failures.append(f"{where}: {row['unexplained']} outputs part from plain decoding away from a near-tie")
             if row["max_top2_logprob_delta"] >= LOGPROB_TOL:
                 failures.append(f"{where}: top-2 logprobs differ by {row['max_top2_logprob_delta']:.3f} ≥ {LOGPROB_TOL}")
             if expected and not (ACCEPT_BAND[0] * expected <= (row["accept_length"] or 0) <= ACCEPT_BAND[1] * expected):
                 failures.append(f"{where}: accept length {row['accept_length']} outside {ACCEPT_BAND} × {expected:.2f}")
-            if index == 1 and not row["cached_tokens"]:
+            if index == 1 and spec.radix and not row["cached_tokens"]:
                 failures.append(f"{where}: the repeated batch hit no radix-cached prefix")
         if r.plain_hook and r.plain_hook["exit"]:
-            failures.append(f"{r.fmt}: --while-plain exited {r.plain_hook['exit']} (log {r.plain_hook['log']})")
+            failures.append(f"{name}: --while-plain exited {r.plain_hook['exit']} (log {r.plain_hook['log']})")
     return rows, failures
 
 
@@ -225,24 +282,31 @@ def print_table(rows: list[dict], acceptance: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.gpu.spec_conformance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="bf16,int8,ct-mxfp4,nvfp4,mxfp4-fse", help=f"of {', '.join(FORMAT_RECIPES)}")
+    parser.add_argument("--shapes", default="tiny", help=f"the generated checkpoints' shapes, of {', '.join(SHAPES)}")
     parser.add_argument("--cases", default=",".join(SPEC), help=f"of {', '.join(SPEC)} (plain always runs)")
     parser.add_argument("--acceptance", type=float, default=0.8, help="the MTP head's share P (default 0.8)")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--ep", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=1, choices=range(1, 9), metavar="1..8",
+                        help="servers at a time on one GPU, pools capped (default 1: the recipes' own pools)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another --set for every server")
     parser.add_argument("--while-plain", help="shell command to run against each plain server (BASE_URL, MODEL set)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "spec-conformance")
     args = parser.parse_args()
-    formats, cases = args.formats.split(","), ["plain", *(c for c in args.cases.split(",") if c != "plain")]
-    unknown = [f for f in formats if f not in FORMAT_RECIPES] + [c for c in cases if c not in SPEC]
+    formats, shapes = args.formats.split(","), args.shapes.split(",")
+    cases = ["plain", *(c for c in args.cases.split(",") if c != "plain")]
+    unknown = [f for f in formats if f not in FORMAT_RECIPES] + [s for s in shapes if s not in SHAPES] + [c for c in cases if c not in SPEC]
     if unknown:
-        parser.error(f"unknown format or case: {', '.join(unknown)}")
+        parser.error(f"unknown format, shape or case: {', '.join(unknown)}")
     args.out.mkdir(parents=True, exist_ok=True)
     batch = prompts()
-    results = [run_case(fmt, case, batch, args) for fmt in formats for case in cases]
+    write_checkpoints(formats, shapes, args.acceptance)
+    work = [(fmt, shape, case) for fmt in formats for shape in shapes for case in cases]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = list(pool.map(lambda item: run_case(*item, batch, args), work))
     rows, failures = score(results, args.acceptance)
     (args.out / "spec_conformance.json").write_text(json.dumps(
-        {"acceptance": args.acceptance, "tp": args.tp, "ep": args.ep, "rows": rows, "failures": failures,
+        {"acceptance": args.acceptance, "tp": args.tp, "ep": args.ep, "parallel": args.parallel, "rows": rows, "failures": failures,
          "cases": [{k: v for k, v in asdict(r).items() if k != "rounds"} for r in results]}, indent=2) + "\n")  # fmt: skip
     print_table(rows, args.acceptance)
     print("\n".join(f"FAIL {why}" for why in failures) or f"PASS: {len(results)} servers, {len(rows)} rounds")
