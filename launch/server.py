@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -174,6 +175,24 @@ def _healthy(server: ServerPlan) -> bool:
         return False
 
 
+def _listens(process: subprocess.Popen, port: int) -> bool:
+    """Whether the server started here, or a process it spawned, is the one listening on `port`."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for member in tree:
+        try:
+            connections = member.net_connections(kind="tcp") if hasattr(member, "net_connections") else member.connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections):
+            return True
+    return False
+
+
 def _log_end(path: Path, size: int = 65536) -> str:
     try:
         with path.open("rb") as log:
@@ -199,6 +218,13 @@ def _wait_healthy(process: subprocess.Popen, server: ServerPlan, timeout_s: floa
                     hint="the log above names the cause; the full log is kept at the path shown",
                 )
             if _healthy(server):
+                port = urllib.parse.urlsplit(server.base_url).port
+                if port and not _listens(process, port):
+                    raise LaunchError(
+                        f"{server.base_url} answers, but not from the {_program(server)} started here: another process "
+                        f"took port {port} while it started (its log: {server.log_path})",
+                        hint="start it again on another port (--set port=...); the server started here was stopped",
+                    )
                 spent = startup.timings(_log_end(server.log_path))
                 record.write(f"{elapsed:6.0f} s  ready" + (f"; SGLang's start-up timings (s): {spent}" if spent else "") + "\n")
                 return

@@ -227,3 +227,28 @@ def test_a_second_signal_while_stopping_still_kills_a_server_slow_to_exit(tmp_pa
     assert launcher.stdout.readline().strip() == "stopped"
     launcher.wait(timeout=30)
     assert _wait_dead(grandchild)
+
+
+def test_a_port_answered_by_another_process_is_not_taken_for_the_server(tmp_path):
+    """Two servers handed one port (a race between picking a free port and binding it): the one that loses
+    the bind must not be declared ready on the strength of the other's /health."""
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        plan = _plan(tmp_path, [sys.executable, "-c", "import time; time.sleep(600)"], other.server_address[1])
+        with pytest.raises(LaunchError, match=f"answers, but not from the .* started here: another process took port {other.server_address[1]}"):
+            with server.running(plan, timeout_s=30):
+                pass
+    finally:
+        other.shutdown()
