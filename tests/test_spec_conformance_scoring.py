@@ -4,6 +4,7 @@ are each caught; each case's server is one the launcher accepts."""
 
 import argparse
 import copy
+import re
 import subprocess
 import sys
 
@@ -105,3 +106,19 @@ def test_every_case_is_a_server_the_launcher_accepts(case: str) -> None:
     assert "nvfp4-tiny-top10-mtp0.8" in command
     assert ("--disable-radix-cache" in command) is (not spec.SPEC[case].radix)
     assert ("--speculative-algorithm" in command) is bool(spec.SPEC[case].algorithm)
+
+
+def test_fp4_activations_get_their_wider_mark_and_only_they() -> None:
+    plain = _round([[1, 2, 3]], cached=3)
+    nextn = _round([[1, 2, 3]], accept=spec.expected_accept_length(0.8, 5), cached=3)
+    nextn.top2[0][1] = (-0.001, -7.7)  # 0.7 from plain: a whole FP4 step of one activation, not a wrong state
+    for fmt, fails in (("mxfp4-fse", False), ("nvfp4", True)):
+        results = [spec.CaseResult(fmt, "plain", 60.0, rounds=[plain, plain]), spec.CaseResult(fmt, "nextn-5-1-6", 60.0, rounds=[nextn, nextn])]
+        _, failures = spec.score(results, 0.8)
+        assert bool(failures) is fails, (fmt, failures)
+
+
+def test_case_files_are_named_without_characters_a_device_transfer_refuses(tmp_path) -> None:
+    names = {spec.saved_case(tmp_path, fmt, shape, case).name for fmt in spec.FORMAT_RECIPES for shape in spec.SHAPES for case in spec.SPEC}
+    assert len(names) == len(spec.FORMAT_RECIPES) * len(spec.SHAPES) * len(spec.SPEC)
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in names)
