@@ -87,8 +87,8 @@ def _setup(fmt: str, *sets: str, shape: str = "qwen3.5-35b-a3b") -> dict:
 
 def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float], floor: float = 0.5, setup: dict | None = None) -> None:
     rows = [bench_decode.Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency, batch / latency * 1e3,
-                             latency / 20, floor, floor / latency) for batch, latency in ms.items()]  # fmt: skip
-    bench_decode.save_case(out / "cases" / f"{case.slug}.json", case.fmt, rows, setup or _setup(case.fmt), 3000.0)
+                             latency / 20, floor, floor / latency, variant=case.variant) for batch, latency in ms.items()]  # fmt: skip
+    bench_decode.save_case(out / "cases" / f"{case.slug}.json", case.options_key, rows, setup or _setup(case.fmt), 3000.0)
 
 
 def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -122,3 +122,57 @@ def test_a_case_saved_under_other_options_is_measured_again(tmp_path: Path) -> N
     other = {"bf16": _setup("bf16", "attention-backend=fa3")}
     assert list(bench_decode.load_cases(tmp_path / "cases", same)) == ["bf16-fse"]
     assert bench_decode.load_cases(tmp_path / "cases", other) == {}
+
+
+def _variant_options(*argv: str) -> dict[str, bench_decode.FormatOptions]:
+    parser = argparse.ArgumentParser()
+    bench_decode.add_checkpoint_arguments(parser)
+    parser.add_argument("--variant", dest="variants", action="append", default=[])
+    args = parser.parse_args(list(argv))
+    return bench_decode.variant_options(parser, args, bench_decode.format_options(parser, args))
+
+
+def test_a_variant_is_its_formats_options_with_its_items_on_top() -> None:
+    options = _variant_options("--formats", "bf16,ct-mxfp4", "--variant", "compile=bf16:enable-torch-compile=true",
+                               "--variant", "compile=bf16:torch-compile-max-bs=8", "--variant", "tri=ct-mxfp4:attention-backend=fa3")  # fmt: skip
+    assert set(options) == {"bf16:compile", "ct-mxfp4:tri"}
+    compiled = options["bf16:compile"].server_cli
+    assert "--enable-torch-compile" in compiled and compiled[compiled.index("--torch-compile-max-bs") + 1] == "8"
+    assert "--mem-fraction-static" in compiled  # the format's own options stay
+    ct = options["ct-mxfp4:tri"].server_cli
+    assert ct[ct.index("--moe-runner-backend") + 1] == "marlin" and ct[ct.index("--attention-backend") + 1] == "fa3"
+    labels = [(c.label, c.slug) for c in bench_decode.cases(["bf16", "ct-mxfp4"], False, [("bf16", "compile"), ("ct-mxfp4", "tri")])]
+    assert ("bf16 fse (compile)", "bf16-fse-compile") in labels and ("ct-mxfp4 (tri)", "ct-mxfp4-tri") in labels
+    assert len(labels) == 5
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        ("compile:bf16:enable-torch-compile=true", "expected NAME=FORMAT:KEY=VALUE"),
+        ("Compile=bf16:enable-torch-compile=true", "expected NAME=FORMAT:KEY=VALUE"),
+        ("compile=modelopt-nvfp4:enable-torch-compile=true", "is not among --formats"),
+        ("fa=bf16:attention-backend=flash", "attention-backend"),
+    ],
+)
+def test_a_bad_variant_is_a_usage_error_naming_it(item: str, says: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        _variant_options("--formats", "bf16", "--variant", item)
+    assert says in capsys.readouterr().err
+
+
+def test_a_variant_is_compared_with_its_formats_own_options_from_the_same_run(tmp_path: Path, monkeypatch) -> None:
+    Case = bench_decode.Case
+    _saved(tmp_path, Case("bf16", True), {1: 4.0, 8: 5.0})
+    _saved(tmp_path, Case("bf16", False), {1: 4.4, 8: 6.0})
+    _saved(tmp_path, Case("bf16", True, variant="compile"), {1: 3.2, 8: 5.0}, setup=_setup("bf16", "enable-torch-compile=true"))
+    _saved(tmp_path, Case("bf16", True, variant="fi"), {1: 1.0}, setup=_setup("bf16", "attention-backend=fa3"))  # not asked for
+    monkeypatch.setattr(sys, "argv", ["bench_decode", "--formats", "bf16", "--variant", "compile=bf16:enable-torch-compile=true",
+                                      "--out", str(tmp_path)])  # fmt: skip
+    assert bench_decode.main() == 0  # every case saved: nothing to run, no GPU needed
+    by = {(r["case"], r["batch"]): r for r in json.loads((tmp_path / "bench_decode.json").read_text())["rows"]}
+    assert by[("bf16 fse (compile)", 1)]["vs_default"] == pytest.approx(4.0 / 3.2)
+    assert by[("bf16 fse (compile)", 1)]["vs_bf16"] == pytest.approx(4.0 / 3.2)  # against BF16 as served, not itself
+    assert by[("bf16 fse (compile)", 8)]["fse_vs_unfused"] is None  # no unfused compile case ran
+    assert by[("bf16 fse", 1)]["vs_default"] is None
+    assert ("bf16 fse (fi)", 1) not in by

@@ -2,7 +2,7 @@
 
     python -m eval.perf.bench_decode [--shape qwen3.5-35b-a3b] [--layers 20] [--formats bf16,quark-w8a8-int8,...]
                                 [--batch-sizes 1,8,32,64,128] [--set FORMAT:KEY=VALUE ...] [--out DIR]
-                                [--stock-moe-configs]
+                                [--stock-moe-configs] [--variant NAME=FORMAT:KEY=VALUE ...]
 
 SGLang's options for each format come from its tiny recipe (recipes/tiny-*.yaml, the recipe whose
 model.fixture is that format), then at real shapes what the real recipe adds that the tiny model cannot
@@ -25,6 +25,12 @@ BF16 ratios included.
 The Triton fused-MoE formats (BF16, INT8) run with the configs sglang_ext ships (`eval.perf.tune_moe`, picked
 up through `sglang_ext.moe_configs`); `--stock-moe-configs` also runs each of them, FSE on, with SGLang's
 own config folder, and the table gets the tuned/stock ratio.
+
+`--variant NAME=FORMAT:KEY=VALUE` measures what an SGLang option buys: the format's served case (FSE on where
+it fuses) again with the option on top, as case "FORMAT fse (NAME)", and the table gives its speed against
+the format's own options from the same run ("× default"). Items with one NAME add up, and one NAME may
+cover several formats, e.g. `--variant compile=bf16:enable-torch-compile=true
+--variant compile=quark-w8a8-int8:enable-torch-compile=true --variant fi=bf16:attention-backend=flashinfer`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,14 +102,21 @@ class Case:
     fmt: str
     fse: bool | None  # None: the format keeps the shared expert out of the MoE
     stock_moe_configs: bool = False
+    variant: str = ""  # a --variant's NAME: the format's options with that variant's on top
 
     @property
     def label(self) -> str:
-        return self.fmt + {True: " fse", False: " no-fse", None: ""}[self.fse] + (" stock-cfg" if self.stock_moe_configs else "")
+        return (self.fmt + {True: " fse", False: " no-fse", None: ""}[self.fse] + (" stock-cfg" if self.stock_moe_configs else "")
+                + (f" ({self.variant})" if self.variant else ""))  # fmt: skip
 
     @property
     def slug(self) -> str:
-        return self.label.replace(" ", "-")
+        return self.label.replace(" (", "-").rstrip(")").replace(" ", "-")
+
+    @property
+    def options_key(self) -> str:
+        """The key of its SGLang options (`format_options`, `variant_options`) and of the setup it is saved with."""
+        return f"{self.fmt}:{self.variant}" if self.variant else self.fmt
 
 
 BASELINE = Case("bf16", True)  # every "× BF16" ratio is against it, measured in the same run
@@ -124,6 +138,8 @@ class Row:
     floor_vs_bf16: float | None = None  # the speed-up over BF16 the weight bytes allow
     fse_vs_unfused: float | None = None
     tuned_vs_stock: float | None = None
+    variant: str = ""
+    vs_default: float | None = None  # a variant's speed-up over its format's own options
 
 
 def hbm_bandwidth_gbs() -> float:
@@ -168,12 +184,15 @@ def decode_bytes(checkpoint: Path, config: dict, batch: int) -> float:
     return weight_bytes(read_checkpoint(checkpoint), config, batch)
 
 
-def cases(formats: list[str], stock_moe_configs: bool) -> list[Case]:
+def cases(formats: list[str], stock_moe_configs: bool, variants: Iterable[tuple[str, str]] = ()) -> list[Case]:
+    """Each format FSE on and off where it fuses, with SGLang's stock MoE configs where asked, and each
+    (format, variant NAME) as the format is served (FSE on where it fuses)."""
     out = []
     for fmt in formats:
         out += [Case(fmt, fse) for fse in ((True, False) if fmt in FSE_FORMATS else (None,))]
         if stock_moe_configs and fmt in TRITON_MOE_FORMATS:
             out.append(Case(fmt, fmt in FSE_FORMATS, stock_moe_configs=True))
+        out += [Case(fmt, True if fmt in FSE_FORMATS else None, variant=name) for f, name in variants if f == fmt]
     return out
 
 
@@ -262,7 +281,7 @@ def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: i
         latency = row["median_decode_latency"]
         floor = decode_bytes(checkpoint, config, batch) / (bandwidth_gbs * 1e9)
         rows.append(Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency * 1e3, batch / latency,
-                        latency * 1e3 / layers, floor * 1e3, floor / latency))  # fmt: skip
+                        latency * 1e3 / layers, floor * 1e3, floor / latency, variant=case.variant))  # fmt: skip
     return rows
 
 
@@ -274,30 +293,33 @@ def speedup(reference: Any, row: Any, field: str) -> float | None:
 
 
 def with_ratios(rows: list[Row]) -> list[Row]:
-    """Fill, at the same batch size: each row's speed-up over BF16 (FSE on, shipped configs) and the one its
-    weight bytes allow; for FSE-on rows the speed-up over the same format unfused; and for the shipped-config
-    rows of a format also measured with SGLang's stock configs, the tuned/stock ratio."""
-    by = {(r.fmt, r.fse, r.stock_moe_configs, r.batch): r for r in rows}
+    """Fill, at the same batch size: each row's speed-up over BF16 (FSE on, shipped configs, its own options)
+    and the one its weight bytes allow; for FSE-on rows the speed-up over the same format unfused; for the
+    shipped-config rows of a format also measured with SGLang's stock configs, the tuned/stock ratio; and for
+    a variant's rows the speed-up over the format's own options."""
+    by = {(r.fmt, r.fse, r.stock_moe_configs, r.variant, r.batch): r for r in rows}
     for r in rows:
-        baseline = by.get((BASELINE.fmt, BASELINE.fse, False, r.batch))
-        unfused = by.get((r.fmt, False, r.stock_moe_configs, r.batch)) if r.fse else None
-        stock = by.get((r.fmt, r.fse, True, r.batch)) if not r.stock_moe_configs else None
+        baseline = by.get((BASELINE.fmt, BASELINE.fse, False, "", r.batch))
+        unfused = by.get((r.fmt, False, r.stock_moe_configs, r.variant, r.batch)) if r.fse else None
+        stock = by.get((r.fmt, r.fse, True, r.variant, r.batch)) if not r.stock_moe_configs else None
+        default = by.get((r.fmt, r.fse, r.stock_moe_configs, "", r.batch)) if r.variant else None
         r.vs_bf16 = speedup(baseline, r, "decode_ms")
         r.floor_vs_bf16 = speedup(baseline, r, "floor_ms")
         r.fse_vs_unfused = speedup(unfused, r, "decode_ms")
         r.tuned_vs_stock = speedup(stock, r, "decode_ms")
+        r.vs_default = speedup(default, r, "decode_ms")
     return rows
 
 
-def save_case(path: Path, fmt: str, rows: list[Row], setup: dict, bandwidth_gbs: float) -> None:
+def save_case(path: Path, options_key: str, rows: list[Row], setup: dict, bandwidth_gbs: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"fmt": fmt, "setup": setup, "hbm_gbs": bandwidth_gbs,
+    path.write_text(json.dumps({"fmt": options_key, "setup": setup, "hbm_gbs": bandwidth_gbs,
                                 "rows": [asdict(r) for r in rows]}, indent=2) + "\n")  # fmt: skip
 
 
 def load_cases(folder: Path, setups: dict[str, dict]) -> dict[str, list[Row]]:
     """The saved cases, by file stem, measured with the setup (shape, layers, SGLang options) that
-    `setups` gives for their format: a case saved under other options is not this run's."""
+    `setups` gives for their format (or format:variant): a case saved under other options is not this run's."""
     found = {}
     for path in sorted(folder.glob("*.json")):
         saved = json.loads(path.read_text())
@@ -374,33 +396,61 @@ def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return options
 
 
+VARIANT = re.compile(r"(?P<name>[a-z0-9][a-z0-9-]*)=(?P<fmt>[^:=]+):(?P<kv>[^=]+=.*)")
+
+
+def variant_options(parser: argparse.ArgumentParser, args: argparse.Namespace, options: dict[str, FormatOptions]) -> dict[str, FormatOptions]:
+    """Per `--variant NAME=FORMAT:KEY=VALUE` (format, NAME): the format's options with that NAME's items on
+    top, keyed "FORMAT:NAME"; a malformed item, a format outside --formats or an option the recipe rejects is
+    a usage error, before any GPU work."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for item in args.variants:
+        if not (match := VARIANT.fullmatch(item)):
+            parser.error(f"--variant {item}: expected NAME=FORMAT:KEY=VALUE (NAME of a-z, 0-9, -), e.g. compile=bf16:enable-torch-compile=true")
+        if match["fmt"] not in args.formats.split(","):
+            parser.error(f"--variant {item}: format {match['fmt']!r} is not among --formats {args.formats}; its baseline would not run")
+        grouped.setdefault((match["fmt"], match["name"]), []).append(match["kv"])
+    out = {}
+    try:
+        for (fmt, name), items in grouped.items():
+            sets = [*options[fmt].sets, *items]
+            out[f"{fmt}:{name}"] = FormatOptions(sets, server_args(fmt, sets))
+    except LaunchError as error:
+        parser.error(str(error))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.perf.bench_decode", description=__doc__.split("\n\n")[0])
     add_checkpoint_arguments(parser)
     parser.add_argument("--batch-sizes", default="1,8,32,64,128")
     parser.add_argument("--stock-moe-configs", action="store_true",
                         help="also run BF16 and INT8 (FSE on) with SGLang's stock fused-MoE configs")
+    parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME=FORMAT:KEY=VALUE",
+                        help="also run FORMAT with this SGLang option on top, as case NAME, against its own options")  # fmt: skip
     parser.add_argument("--rerun", action="store_true", help="measure cases already saved in --out again")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     args = parser.parse_args()
     formats = args.formats.split(",")
     batches = [int(b) for b in args.batch_sizes.split(",")]
     options = format_options(parser, args)
-    setups = {fmt: {"shape": args.shape, "layers": args.layers, "server_args": o.server_cli} for fmt, o in options.items()}
+    options.update(variant_options(parser, args, options))
+    variants = [tuple(key.split(":", 1)) for key in options if ":" in key]
+    setups = {key: {"shape": args.shape, "layers": args.layers, "server_args": o.server_cli} for key, o in options.items()}
 
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "cases"
     done = load_cases(saved, setups)
-    todo = [c for c in cases(formats, args.stock_moe_configs) if args.rerun or c.slug not in done]
+    todo = [c for c in cases(formats, args.stock_moe_configs, variants) if args.rerun or c.slug not in done]
     todo, unmeasured = measurable(todo)
     if todo:
         bandwidth = hbm_bandwidth_gbs()
         print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s; {len(todo)} cases to run", flush=True)
 
     def measure(case: Case, checkpoint: Path) -> None:
-        measured = run_case(checkpoint, options[case.fmt].server_cli, case, batches, args.out)
+        measured = run_case(checkpoint, options[case.options_key].server_cli, case, batches, args.out)
         rows = case_rows(case, measured, checkpoint, args.layers, bandwidth)
-        save_case(saved / f"{case.slug}.json", case.fmt, rows, setups[case.fmt], bandwidth)
+        save_case(saved / f"{case.slug}.json", case.options_key, rows, setups[case.options_key], bandwidth)
 
     failures = {**unmeasured, **run_cases(args.out, args.shape, args.layers, todo, measure)}
     rows = with_ratios([row for rows in load_cases(saved, setups).values() for row in rows])
@@ -420,14 +470,14 @@ def print_table(rows: list[Row], shape: str, layers: int) -> None:
 
     table = Table(title=f"decode, {shape} with {layers} layers (sglang.benchmark.one_batch, in 256 / out 32)")
     columns = ("case", "batch", "ms/step", "tok/s", "ms/layer", "× BF16", "floor × BF16", "FSE on/off", "tuned/stock cfg",
-               "floor ms", "of floor")  # fmt: skip
+               "× default", "floor ms", "of floor")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(r.case, str(r.batch), f"{r.decode_ms:.2f}", f"{r.tok_s:.0f}", f"{r.ms_per_layer:.3f}", ratio(r.vs_bf16),
-                      ratio(r.floor_vs_bf16), ratio(r.fse_vs_unfused), ratio(r.tuned_vs_stock), f"{r.floor_ms:.2f}",
+                      ratio(r.floor_vs_bf16), ratio(r.fse_vs_unfused), ratio(r.tuned_vs_stock), ratio(r.vs_default), f"{r.floor_ms:.2f}",
                       f"{r.bandwidth_fraction:.0%}")  # fmt: skip
-    Console(width=170).print(table)
+    Console(width=185).print(table)
 
 
 if __name__ == "__main__":
