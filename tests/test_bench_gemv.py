@@ -1,5 +1,7 @@
 """eval.perf.bench_gemv on a CPU: the layer shapes it measures, and a clear refusal to time anything."""
 
+import json
+
 import pytest
 import torch
 
@@ -42,3 +44,25 @@ def test_bad_arguments_are_usage_errors(argv: list[str], capsys: pytest.CaptureF
     with pytest.raises(SystemExit) as exited:
         bench_gemv.main(argv)
     assert exited.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_rows_are_kept_as_they_are_measured(tmp_path, monkeypatch) -> None:
+    """A run cut short (a call's time limit, a crash) keeps every row measured before it."""
+    calls = []
+
+    def timed(n: int, k: int, m: int) -> tuple[float, float, int]:
+        calls.append((n, k, m))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the limit strikes mid-run
+        return 10.0, 5.0, n * k * 2
+
+    monkeypatch.setattr(bench_gemv.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench_gemv.torch.cuda, "get_device_name", lambda: "a GPU")
+    monkeypatch.setattr(bench_gemv.torch.cuda, "get_device_capability", lambda: (9, 0))
+    monkeypatch.setattr(bench_gemv, "hbm_bandwidth_gbs", lambda: 4000.0)
+    monkeypatch.setattr(bench_gemv, "bench_bf16", timed)
+    monkeypatch.setattr(bench_gemv, "bench_int8", timed)
+    with pytest.raises(KeyboardInterrupt):
+        bench_gemv.main(["--shapes", "qwen3.5-35b-a3b", "--m", "1", "--out", str(tmp_path)])
+    kept = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [(row["n"], row["k"], row["m"], row["speedup"]) for row in kept] == [(n, k, m, 2.0) for n, k, m in calls[:2]]

@@ -18,7 +18,8 @@ second, their share of the HBM copy bandwidth measured here (`bench_decode.hbm_b
 baseline's time over the GEMV's.
 A second table adds the linears up per decode step of the full model (each weight shape times the number of
 its linears), for a BF16 checkpoint and an INT8 one, with the shared expert unfused (fused, its two linears
-run inside the MoE kernel instead). Prints both and writes bench_gemv.json.
+run inside the MoE kernel instead). Prints both and writes bench_gemv.json; each row also goes to rows.jsonl
+as it is measured, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def bench_int8(n: int, k: int, m: int) -> tuple[float, float, int]:
     return baseline, ours, weight.nbytes + w_scale.nbytes
 
 
-def measure(shape: str, ms: list[int], copy_gbs: float, int8: bool) -> list[Row]:
+def measure(shape: str, ms: list[int], copy_gbs: float, int8: bool, record: Callable[[Row], None] = lambda row: None) -> list[Row]:
+    """Every weight shape of `shape` at each M (`record` sees each row as soon as it is measured)."""
     rows = []
     linears = dense_linears(shape)
     by_shape: dict[tuple[int, int], list[DenseLinear]] = {}
@@ -162,6 +164,7 @@ def measure(shape: str, ms: list[int], copy_gbs: float, int8: bool) -> list[Row]
             modules = ", ".join(name for linear in group for name in linear.modules)
             rows.append(Row(shape, modules, n, k, dtype, m, sum(linear.per_step for linear in group), baseline, ours,
                             baseline / ours, gbs, gbs / copy_gbs, nbytes / baseline / 1e3 / copy_gbs))  # fmt: skip
+            record(rows[-1])
             print(f"{shape} {modules} [{n}, {k}] {dtype} M={m}: {baseline:.1f} -> {ours:.1f} µs", flush=True)
     return rows
 
@@ -239,9 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     int8 = 80 <= 10 * major + minor <= 90  # sgl_kernel's int8_scaled_mm, the INT8 baseline, runs on sm80-sm90 only
     copy_gbs = hbm_bandwidth_gbs()
     print(f"{device}: HBM copy bandwidth {copy_gbs:.0f} GB/s" + ("" if int8 else "; no int8_scaled_mm here, BF16 only"))
-    rows = [row for shape in args.shapes for row in measure(shape, args.m, copy_gbs, int8)]
-    totals = [total for shape in args.shapes for total in step_totals(shape, rows)]
     args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "rows.jsonl").open("w") as measured:
+        def record(row: Row) -> None:
+            measured.write(json.dumps(asdict(row)) + "\n")
+            measured.flush()
+
+        rows = [row for shape in args.shapes for row in measure(shape, args.m, copy_gbs, int8, record)]
+    totals = [total for shape in args.shapes for total in step_totals(shape, rows)]
     report = {"device": device, "hbm_gbs": copy_gbs, "rows": [asdict(r) for r in rows], "per_step": [asdict(t) for t in totals]}
     (args.out / "bench_gemv.json").write_text(json.dumps(report, indent=2) + "\n")
     print_tables(rows, totals, copy_gbs, device)
