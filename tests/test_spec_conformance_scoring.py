@@ -122,3 +122,11 @@ def test_case_files_are_named_without_characters_a_device_transfer_refuses(tmp_p
     names = {spec.saved_case(tmp_path, fmt, shape, case).name for fmt in spec.FORMAT_RECIPES for shape in spec.SHAPES for case in spec.SPEC}
     assert len(names) == len(spec.FORMAT_RECIPES) * len(spec.SHAPES) * len(spec.SPEC)
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in names)
+
+
+def test_the_drafting_cases_are_the_recipes_settings() -> None:
+    assert list(spec.SPEC) == ["plain", "nextn-5-1-6", "nextn-3-1-4", "eagle-3-1-4"]
+    assert spec.SPEC["nextn-3-1-4"].cache == spec.SPEC["plain"].cache == ("page-size=64", "mamba-radix-cache-strategy=extra_buffer")
+    assert spec.SPEC["eagle-3-1-4"].cache == ("page-size=16", "disable-radix-cache=true")
+    assert [s.steps for s in spec.SPEC.values()] == [0, 5, 3, 3]
+    assert spec.card_001_kv("nvfp4") == ("kv-cache-dtype=fp8_e4m3",) and spec.card_001_kv("bf16") == ()

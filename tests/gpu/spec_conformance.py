@@ -41,23 +41,49 @@ from tests.gpu.serving import REPO, ServerDidNotStart, served
 FORMAT_RECIPES = {"bf16": "tiny-bf16", "int8": "tiny-int8", "ct-mxfp4": "tiny-ct-mxfp4", "nvfp4": "tiny-nvfp4",
                   "mxfp4-fse": "tiny-mxfp4-fse"}  # fmt: skip
 SHAPES = ("tiny", "tiny-top10")
-CARD_001_CACHE = ("page-size=64", "mamba-radix-cache-strategy=extra_buffer")
-MI355X_MTP_CACHE = ("page-size=16", "disable-radix-cache=true")  # recipes/qwen3.5-397b-*-mi355x-mtp.yaml
-CARD_001_KV = {"nvfp4": ("kv-cache-dtype=fp8_e4m3",)}
 # A batch holds 32 × ≤ 580 tokens; 512 DeltaNet slots cover its requests, the extra buffer and cached prefixes.
 PARALLEL_POOLS = ("max-total-tokens=131072", "max-mamba-cache-size=512")
 PROMPTS, SHARED, NEW_TOKENS = 32, 16, 128
+# The drafting settings and the cache settings that go with them are the recipes': card 001's 397B NVFP4 MTP
+# recipe, the 35B H100 MTP recipe's InferenceX depth (it sets no cache, so it runs with card 001's), and the
+# MI355X MTP twin's EAGLE with page 16 and no radix cache.
+CARD_001 = "qwen3.5-397b-nvfp4-rtxpro6000-mtp"
+DRAFTING_RECIPES = ((CARD_001, CARD_001), ("qwen3.5-35b-mxfp4-h100-mtp", CARD_001),
+                    ("qwen3.5-397b-mxfp4-fse-mi355x-mtp", "qwen3.5-397b-mxfp4-fse-mi355x-mtp"))  # fmt: skip
+DRAFT_KEYS = ("speculative-algorithm", "speculative-num-steps", "speculative-eagle-topk", "speculative-num-draft-tokens")
+CACHE_KEYS = ("page-size", "mamba-radix-cache-strategy", "disable-radix-cache")
+
+
+def recipe_sets(recipe: str, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """`recipe`'s server_args among `keys`, as the launcher's `--set KEY=VALUE` items."""
+    from launch.recipe import load_recipe
+
+    args = load_recipe(recipe).recipe.server_args
+    return tuple(f"{key}={str(args[key]).lower() if isinstance(args[key], bool) else args[key]}" for key in keys if key in args)
 
 
 @dataclass(frozen=True)
 class Spec:
-    """How a case's server decodes: its cache settings and, when it drafts, the algorithm and draft shape."""
+    """How a case's server decodes: its cache settings and, when it drafts, its speculative settings."""
 
     cache: tuple[str, ...]
-    algorithm: str | None = None
-    steps: int = 0
-    topk: int = 1
-    drafts: int = 0
+    draft: tuple[str, ...] = ()
+
+    def _value(self, key: str) -> str | None:
+        return next((item.split("=", 1)[1] for item in self.draft if item.startswith(f"{key}=")), None)
+
+    @property
+    def algorithm(self) -> str | None:
+        return self._value("speculative-algorithm")
+
+    @property
+    def steps(self) -> int:
+        return int(self._value("speculative-num-steps") or 0)
+
+    @property
+    def name(self) -> str:
+        shape = (self._value(key) for key in DRAFT_KEYS[1:])
+        return f"{self.algorithm.lower()}-{'-'.join(shape)}" if self.algorithm else "plain"
 
     @property
     def radix(self) -> bool:
@@ -65,17 +91,15 @@ class Spec:
 
     @property
     def sets(self) -> tuple[str, ...]:
-        draft = (f"speculative-algorithm={self.algorithm}", f"speculative-num-steps={self.steps}",
-                 f"speculative-eagle-topk={self.topk}", f"speculative-num-draft-tokens={self.drafts}")  # fmt: skip
-        return self.cache + (draft if self.algorithm else ())
+        return self.cache + self.draft
 
 
-SPEC = {
-    "plain": Spec(CARD_001_CACHE),
-    "nextn-5-1-6": Spec(CARD_001_CACHE, "NEXTN", 5, 1, 6),  # card 001
-    "nextn-3-1-4": Spec(CARD_001_CACHE, "NEXTN", 3, 1, 4),  # InferenceX's NVIDIA MTP scripts
-    "eagle-3-1-4": Spec(MI355X_MTP_CACHE, "EAGLE", 3, 1, 4),  # the MI355X -mtp twins
-}
+def _cases() -> dict[str, Spec]:
+    drafting = [Spec(recipe_sets(cache, CACHE_KEYS), recipe_sets(recipe, DRAFT_KEYS)) for recipe, cache in DRAFTING_RECIPES]
+    return {spec.name: spec for spec in (Spec(recipe_sets(CARD_001, CACHE_KEYS)), *drafting)}
+
+
+SPEC = _cases()  # plain, nextn-5-1-6, nextn-3-1-4, eagle-3-1-4
 NEAR_TIE = 0.1
 LOGPROB_TOL = 0.3  # BF16 kernels in another order (verify is an extend, plain a decode), over a ~7-nat top-2 gap
 # Activations quantized to FP4 per 32-block (W4A4): a last-bit change before quantization can move an element a
@@ -164,10 +188,19 @@ def _round(server, batch: list[list[int]]) -> Round:
     return result
 
 
+def card_001_kv(fmt: str) -> tuple[str, ...]:
+    """Card 001's KV cache dtype for the format it serves (NVFP4: fp8), none for the others."""
+    from launch.recipe import load_recipe
+
+    if load_recipe(FORMAT_RECIPES[fmt]).recipe.checkpoint_format != load_recipe(CARD_001).recipe.checkpoint_format:
+        return ()
+    return recipe_sets(CARD_001, ("kv-cache-dtype",))
+
+
 def server_sets(fmt: str, shape: str, case: str, args: argparse.Namespace) -> list[str]:
     """The launcher's `--set` items for one case; later items win, so `--set` from the command line last."""
     sets = [f"model.fixture_mtp_acceptance={args.acceptance}", f"model.fixture_shape={shape}", *SPEC[case].sets,
-            *CARD_001_KV.get(fmt, ()), f"cuda-graph-max-bs-decode={PROMPTS}", f"tp-size={args.tp}"]  # fmt: skip
+            *card_001_kv(fmt), f"cuda-graph-max-bs-decode={PROMPTS}", f"tp-size={args.tp}"]  # fmt: skip
     if args.ep > 1:
         sets.append(f"ep-size={args.ep}")
     if args.parallel > 1:
