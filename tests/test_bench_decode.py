@@ -152,7 +152,7 @@ def test_a_variant_is_its_formats_options_with_its_items_on_top() -> None:
         ("compile:bf16:enable-torch-compile=true", "expected NAME=FORMAT:KEY=VALUE"),
         ("Compile=bf16:enable-torch-compile=true", "expected NAME=FORMAT:KEY=VALUE"),
         ("compile=modelopt-nvfp4:enable-torch-compile=true", "is not among --formats"),
-        ("fa=bf16:attention-backend=flash", "attention-backend"),
+        ("fa=bf16:attention-backend=flash", "--variant fa=bf16:attention-backend=flash: "),
     ],
 )
 def test_a_bad_variant_is_a_usage_error_naming_it(item: str, says: str, capsys) -> None:

@@ -411,12 +411,12 @@ def variant_options(parser: argparse.ArgumentParser, args: argparse.Namespace, o
             parser.error(f"--variant {item}: format {match['fmt']!r} is not among --formats {args.formats}; its baseline would not run")
         grouped.setdefault((match["fmt"], match["name"]), []).append(match["kv"])
     out = {}
-    try:
-        for (fmt, name), items in grouped.items():
-            sets = [*options[fmt].sets, *items]
+    for (fmt, name), items in grouped.items():
+        sets = [*options[fmt].sets, *items]
+        try:
             out[f"{fmt}:{name}"] = FormatOptions(sets, server_args(fmt, sets))
-    except LaunchError as error:
-        parser.error(str(error))
+        except LaunchError as error:
+            parser.error(f"--variant {name}={fmt}:{' '.join(items)}: {error}")
     return out
 
 
