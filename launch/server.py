@@ -180,11 +180,12 @@ def _listens(process: subprocess.Popen, port: int) -> bool:
     import psutil
 
     try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        root = psutil.Process(process.pid)
+        tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return False
     for member in tree:
-        try:
+        try:  # psutil before 6.0 (what a GPU image may ship) names it connections()
             connections = member.net_connections(kind="tcp") if hasattr(member, "net_connections") else member.connections(kind="tcp")
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
