@@ -6,6 +6,7 @@ with a tool), the accept length of a speculative recipe, the GPU memory the serv
 (the GPU's memory back to what it was).
 
     python -m tests.gpu.rehearse [--recipes qwen3.5-397b-nvfp4-rtxpro6000-mtp,...] [--layers 4] [--out DIR]
+    python -m tests.gpu.rehearse --recipes qwen3.6-35b-int8-h100 --checkpoint DIR   # e.g. sglang_ext.quantize's output
 
 Results go to OUT/rehearse.json after every recipe (a run cut short keeps what finished) and as a table.
 """
@@ -31,6 +32,10 @@ SHAPE = "qwen3.5-397b-a17b-tp4"
 DEFAULT_RECIPES = "qwen3.5-397b-mxfp4-fse-mi355x-mtp,qwen3.5-397b-nvfp4-rtxpro6000-mtp"
 FIXTURE_OF_FORMAT = {"modelopt-nvfp4": "modelopt-nvfp4", "quark-mxfp4-fse": "quark-mxfp4-fse", "bf16": "bf16",
                      "ct-mxfp4": "ct-mxfp4", "quark-w8a8-int8": "quark-w8a8-int8"}  # fmt: skip
+# The offline SGLang bundle of the GPU hosts drops sgl-kernel's FA3 build, SGLang's Hopper default for the ViT;
+# a recipe native to Hopper (the -h100 ones) leaves the ViT on it, and its server dies at the first request
+# ("ImportError: Can not import FA3 in sgl_kernel"). A real H100 install has FA3, so the recipes keep the card's.
+BUNDLE_VIT_ATTENTION = "mm-attention-backend=triton_attn"
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather of a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}  # fmt: skip
@@ -54,15 +59,32 @@ def chat_checks(base_url: str, model: str) -> dict[str, object]:
             "tools_finish": tools.choices[0].finish_reason}  # fmt: skip
 
 
-def rehearse(recipe: str, layers: int, out: Path, acceptance: float) -> dict[str, object]:
+def checkpoint_layers(checkpoint: Path) -> int:
+    config = json.loads((checkpoint / "config.json").read_text())
+    return int(config.get("text_config", config)["num_hidden_layers"])
+
+
+def launcher_sets(recipe: str, checkpoint: Path, extra_sets: tuple[str, ...] = ()) -> list[str]:
+    """The `--set`s one GPU rehearses RECIPE with: TP1/EP1 on CHECKPOINT, the bundle's ViT attention where the
+    recipe leaves SGLang's default, then the caller's own."""
+    server_args = load_recipe(recipe, stand_in="sm90").recipe.server_args
+    vit = [] if "mm-attention-backend" in server_args else [BUNDLE_VIT_ATTENTION]
+    return ["tp-size=1", "ep-size=1", f"model.path={checkpoint}", *vit, *extra_sets]
+
+
+def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path | None = None,
+             extra_sets: tuple[str, ...] = ()) -> dict[str, object]:
     loaded = load_recipe(recipe, ["tp-size=1", "ep-size=1"], stand_in="sm90")
-    fixture = FIXTURE_OF_FORMAT[loaded.recipe.checkpoint_format]
     drafting = bool(loaded.recipe.server_args.get("speculative-algorithm"))
-    checkpoint = ensure_checkpoint(out, SHAPE, layers, fixture, acceptance if drafting else 0.0)
+    if given is None:
+        fixture = FIXTURE_OF_FORMAT[loaded.recipe.checkpoint_format]
+        checkpoint = ensure_checkpoint(out, SHAPE, layers, fixture, acceptance if drafting else 0.0)
+    else:
+        checkpoint, layers = given, checkpoint_layers(given)
     idle = gpu_memory_used_mib()
-    row: dict[str, object] = {"recipe": recipe, "layers": layers, "checkpoint_gib": round(
+    row: dict[str, object] = {"recipe": recipe, "layers": layers, "checkpoint": str(checkpoint), "checkpoint_gib": round(
         sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 2**30, 1)}
-    sets = ["tp-size=1", "ep-size=1", f"model.path={checkpoint}"]
+    sets = launcher_sets(recipe, checkpoint, extra_sets)
     try:
         with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90")) as server:
             row["ready_s"] = round(server.ready_s)
@@ -82,7 +104,7 @@ def rehearse(recipe: str, layers: int, out: Path, acceptance: float) -> dict[str
 
 
 def print_table(rows: list[dict]) -> None:
-    table = Table(title=f"Seed recipes as Hopper stand-ins at TP1 ({SHAPE}, one H200)", title_justify="left")
+    table = Table(title="Seed recipes as Hopper stand-ins at TP1 (one H200)", title_justify="left")
     columns = ("recipe", "layers", "checkpoint_gib", "ready_s", "gpu_used_gib", "chat_tokens", "stream_chunks",
                "tools_finish", "accept_length", "gpu_after_stop_gib", "error")  # fmt: skip
     for column in columns:
@@ -98,15 +120,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", default=DEFAULT_RECIPES, help=f"comma-separated (default {DEFAULT_RECIPES})")
     parser.add_argument("--layers", type=int, default=4, help="layers of the real-shaped checkpoint (default 4)")
     parser.add_argument("--acceptance", type=float, default=0.8, help="the MTP head's share P for -mtp recipes")
+    parser.add_argument("--checkpoint", type=Path, metavar="DIR",
+                        help=f"serve this checkpoint (its format the recipe's) instead of writing a {SHAPE} one")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further launcher --set for every recipe (e.g. mem-fraction-static=0.35 beside other servers)")
     parser.add_argument("--out", type=Path, default=Path("runs/rehearse"))
     args = parser.parse_args(argv)
+    if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no config.json there")
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "rehearse.json"
     rows = json.loads(results.read_text()) if results.exists() else []
+    layers = args.layers if args.checkpoint is None else checkpoint_layers(args.checkpoint)
     for recipe in args.recipes.split(","):
-        if any(r["recipe"] == recipe and r["layers"] == args.layers and "error" not in r for r in rows):
+        if any(r["recipe"] == recipe and r["layers"] == layers and "error" not in r for r in rows):
             continue
-        rows.append(rehearse(recipe, args.layers, args.out, args.acceptance))
+        rows.append(rehearse(recipe, layers, args.out, args.acceptance, args.checkpoint, tuple(args.sets)))
         results.write_text(json.dumps(rows, indent=1) + "\n")
         print(json.dumps(rows[-1]), flush=True)
     print_table(rows)

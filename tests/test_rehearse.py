@@ -1,0 +1,26 @@
+"""What `python -m tests.gpu.rehearse` asks the launcher for, checked without a GPU."""
+
+import json
+
+import pytest
+
+from launch.recipe import load_recipe
+from tests.gpu import rehearse
+
+
+def test_a_hopper_native_recipe_gets_the_bundles_vit_attention_and_a_stand_in_keeps_its_own(tmp_path):
+    native = rehearse.launcher_sets("qwen3.6-35b-int8-h100", tmp_path)
+    assert rehearse.BUNDLE_VIT_ATTENTION in native
+    stand_in = rehearse.launcher_sets("qwen3.5-397b-nvfp4-rtxpro6000-mtp", tmp_path, ("mem-fraction-static=0.35",))
+    assert rehearse.BUNDLE_VIT_ATTENTION not in stand_in and stand_in[-1] == "mem-fraction-static=0.35"
+    served = load_recipe("qwen3.6-35b-int8-h100", native, stand_in="sm90").recipe
+    assert (served.server_args["mm-attention-backend"], served.server_args["tp-size"], served.model.path) == (
+        "triton_attn", 1, str(tmp_path))  # fmt: skip
+
+
+def test_a_given_checkpoint_is_served_at_its_own_depth_and_a_missing_one_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 8}}))
+    assert rehearse.checkpoint_layers(tmp_path) == 8
+    with pytest.raises(SystemExit) as exit_:
+        rehearse.main(["--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "no config.json there" in capsys.readouterr().err
