@@ -27,13 +27,17 @@ def test_scorer_on_a_perfect_and_a_wrong_server(tmp_path: Path) -> None:
         perfect.logprobs.append(logprobs[:-1].gather(-1, torch.tensor(tokens[1:])[:, None])[:, 0].tolist())
     lengths = [len(p) for p in prompts]
     conformance._score(perfect, model, lengths, "cpu")
-    assert perfect.max_abs_logprob_error < 1e-4 and perfect.greedy_agreement == 1.0
+    assert perfect.max_abs_logprob_error < 1e-4 and perfect.greedy_agreement == 1.0 and perfect.greedy_miss_shortfalls == []
 
     wrong = conformance.Result("wrong", "tiny-bf16", False)
     wrong.sequences = [s[:-1] + [(s[-1] + 1) % 3000] for s in perfect.sequences]
     wrong.logprobs = [[lp - 0.5 for lp in lps] for lps in perfect.logprobs]
     conformance._score(wrong, model, lengths, "cpu")
     assert wrong.max_abs_logprob_error > 0.5 and wrong.greedy_agreement == 0.75
+    assert len(wrong.greedy_miss_shortfalls) == 2 and all(s > 0 for s in wrong.greedy_miss_shortfalls)
+    wrong.greedy_miss_shortfalls = [0.5, 0.02]  # what a miss report says: how many were near-ties, and the range
+    assert any("(2 misses, 1 at a near-tie; the reference puts SGLang's token 0.020–0.500 nats below its best)" in why
+               for why in conformance.case_failures(wrong))  # fmt: skip
 
     perfect.top2_gaps = [[1.0] * 4 for _ in prompts]  # decisive everywhere: parting is unexplained
     wrong.top2_gaps = [[1.0, 1.0, 1.0, 0.05] for _ in prompts]  # ... unless the last token was a near-tie

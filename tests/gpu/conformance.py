@@ -94,6 +94,9 @@ class Result:
     image_mean_abs_logprob_error: float = float("nan")
     image_greedy_agreement: float = float("nan")
     image_problems: list[str] = field(default_factory=list)  # image chats refused, or prompts unlike the processor's
+    # at each greedy miss, how many nats below its own best the reference puts SGLang's token (a near-tie or not)
+    greedy_miss_shortfalls: list[float] = field(default_factory=list)
+    image_greedy_miss_shortfalls: list[float] = field(default_factory=list)
     # raw server output, for scoring and FSE on/off comparisons
     sequences: list[list[int]] = field(default_factory=list, repr=False)
     logprobs: list[list[float]] = field(default_factory=list, repr=False)
@@ -186,22 +189,25 @@ def _log_softmax(reference, inputs: dict, device: str):
 
 def _compare(logprobs, sequence: list[int], server_logprobs: list[float], prompt_length: int):
     """(|Δlogprob| at the last len(server_logprobs) positions: SGLang reports every token after the first of a
-    /generate prompt, only the generated ones of a chat; per generated token, whether the reference's argmax
-    after SGLang's own prefix is SGLang's token)."""
+    /generate prompt, only the generated ones of a chat; per generated token, how far below the reference's
+    best candidate after SGLang's own prefix the reference puts SGLang's token: 0 where it is the argmax)."""
     import torch
 
     targets = torch.tensor(sequence[1:], device=logprobs.device)
-    ours = logprobs[:-1].gather(-1, targets[:, None])[:, 0][len(sequence) - 1 - len(server_logprobs) :].cpu()
-    agreement = (logprobs[prompt_length - 1 : -1].argmax(-1) == targets[prompt_length - 1 :]).float().cpu()
-    return (ours - torch.tensor(server_logprobs)).abs(), agreement
+    ours = logprobs[:-1].gather(-1, targets[:, None])[:, 0]
+    generated = logprobs[prompt_length - 1 : -1]
+    shortfall = (generated.max(-1).values - ours[prompt_length - 1 :]).cpu()
+    return (ours[len(sequence) - 1 - len(server_logprobs) :].cpu() - torch.tensor(server_logprobs)).abs(), shortfall
 
 
-def _summary(compared: list) -> tuple[float, float, float]:
-    """(max and mean |Δlogprob|, greedy agreement) over every compared sequence."""
+def _summary(compared: list) -> tuple[float, float, float, list[float]]:
+    """(max and mean |Δlogprob|, greedy agreement, the reference's shortfall at each miss, largest first) over
+    every compared sequence."""
     import torch
 
-    errors, agreement = torch.cat([e for e, _ in compared]), torch.cat([a for _, a in compared])
-    return errors.max().item(), errors.mean().item(), agreement.mean().item()
+    errors, shortfalls = torch.cat([e for e, _ in compared]), torch.cat([s for _, s in compared])
+    misses = sorted((round(s, 4) for s in shortfalls[shortfalls > 0].tolist()), reverse=True)
+    return errors.max().item(), errors.mean().item(), (shortfalls == 0).float().mean().item(), misses
 
 
 def _score(result: Result, reference, prompt_lengths: list[int], device: str) -> None:
@@ -209,7 +215,8 @@ def _score(result: Result, reference, prompt_lengths: list[int], device: str) ->
 
     compared = [_compare(_log_softmax(reference, {"input_ids": torch.tensor([sequence])}, device), sequence, server, length)
                 for sequence, server, length in zip(result.sequences, result.logprobs, prompt_lengths)]  # fmt: skip
-    result.max_abs_logprob_error, result.mean_abs_logprob_error, result.greedy_agreement = _summary(compared)
+    (result.max_abs_logprob_error, result.mean_abs_logprob_error, result.greedy_agreement,
+     result.greedy_miss_shortfalls) = _summary(compared)
 
 
 def _score_images(result: Result, reference, processor, pngs: dict[str, bytes], device: str) -> None:
@@ -227,7 +234,8 @@ def _score_images(result: Result, reference, processor, pngs: dict[str, bytes], 
             continue
         compared.append(_compare(_log_softmax(reference, inputs, device), prompt + answer.output_ids, answer.logprobs, len(prompt)))
     if compared:
-        result.image_max_abs_logprob_error, result.image_mean_abs_logprob_error, result.image_greedy_agreement = _summary(compared)
+        (result.image_max_abs_logprob_error, result.image_mean_abs_logprob_error, result.image_greedy_agreement,
+         result.image_greedy_miss_shortfalls) = _summary(compared)
 
 
 def compare_fse(on: Result, off: Result, prompt_lengths: list[int]) -> dict:
@@ -307,6 +315,14 @@ def save_run(path: Path, results: list[Result], pairs: list[dict]) -> None:
          "fse_pairs": pairs}, indent=2) + "\n")  # fmt: skip
 
 
+def _misses(shortfalls: list[float]) -> str:
+    if not shortfalls:
+        return ""
+    near = sum(s < NEAR_TIE for s in shortfalls)
+    return (f" ({len(shortfalls)} misses, {near} at a near-tie; the reference puts SGLang's token "
+            f"{min(shortfalls):.3f}–{max(shortfalls):.3f} nats below its best)")
+
+
 def case_failures(result: Result) -> list[str]:
     """Why one case misses its pass marks (empty: it passes)."""
     if result.error:
@@ -315,11 +331,13 @@ def case_failures(result: Result) -> list[str]:
     fused = bool(result.fse)
     checks = {
         f"max |Δlogprob| {result.max_abs_logprob_error:.4f} ≥ {max_error}": result.max_abs_logprob_error >= max_error,
-        f"greedy agreement {result.greedy_agreement:.3f} < {min_agreement}": not result.greedy_agreement >= min_agreement,
+        f"greedy agreement {result.greedy_agreement:.3f} < {min_agreement}{_misses(result.greedy_miss_shortfalls)}":
+            not result.greedy_agreement >= min_agreement,
         "no chat completion tokens": result.chat_completion_tokens <= 0,
         f"server log says fused={result.fused_in_log}, case wants {fused}": result.fused_in_log is not fused,
         f"image max |Δlogprob| {result.image_max_abs_logprob_error:.4f} ≥ {max_error}": result.image_max_abs_logprob_error >= max_error,
-        f"image greedy agreement {result.image_greedy_agreement:.3f} < {min_agreement}": not result.image_greedy_agreement >= min_agreement,
+        f"image greedy agreement {result.image_greedy_agreement:.3f} < {min_agreement}{_misses(result.image_greedy_miss_shortfalls)}":
+            not result.image_greedy_agreement >= min_agreement,
     }
     return [f"{result.case}: {why}" for why, failed in checks.items() if failed] + [f"{result.case}: image {why}" for why in result.image_problems]
 
