@@ -16,7 +16,8 @@ processes left after the launcher stopped. A table, and OUT/replicas.json ($OUT/
 
 Needs, beside SGLang: smg (the `router` extra), prometheus_client (to read smg's metrics) and lm-eval
 (eval/gpu-wheels.txt); on a host without an index, carry smg-1.13.0-cp38-abi3-manylinux*.whl and
-prometheus_client-*-py3-none-any.whl in .gpu/w*/ for tests/gpu/run_on_device.sh to install.
+prometheus_client-*-py3-none-any.whl in .gpu/w*/ (`bash tests/gpu/wheels.sh` fetches both) for
+tests/gpu/run_on_device.sh to install.
 """
 
 from __future__ import annotations
