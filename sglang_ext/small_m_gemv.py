@@ -3,7 +3,8 @@
 SGLang 0.5.17 runs a linear of a few tokens through cuBLAS (``F.linear``), or sgl_kernel's ``int8_scaled_mm``
 for W8A8 INT8, at about half the copy bandwidth (docs/performance.md). With the variable set, :func:`install`
 (called by ``sglang_ext.models`` in every server process) sends, on CUDA sm90 and for 1 to ``MAX_M`` BF16
-tokens, to :mod:`sglang_ext.kernels.gemv`:
+tokens, to :mod:`sglang_ext.kernels.gemv` (on a GPU model :mod:`sglang_ext.kernels.gemv_wins` lists, only
+the weight shapes and token counts at which ``eval.perf.bench_gemv`` measured it faster):
 
 * ``UnquantizedLinearMethod.apply``: every BF16 Linear (attention and DeltaNet projections, router, shared
   expert and its gate, and whatever a quantized checkpoint keeps in BF16);
@@ -33,6 +34,7 @@ from sglang.srt.layers.logits_processor import LogitsProcessor
 from sglang.srt.layers.quantization.unquant import UnquantizedEmbeddingMethod, UnquantizedLinearMethod
 
 from sglang_ext.kernels import gemv as kernels
+from sglang_ext.kernels import gemv_wins
 from sglang_ext.kernels.gemv import gemv, int8_scaled_gemv
 from sglang_ext.quantization.quark.w8a8_int8 import QuarkW8A8Int8
 
@@ -50,20 +52,30 @@ def _on_sm90(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
+@functools.cache
+def _measured_wins(device: torch.device) -> frozenset[gemv_wins.Point] | None:
+    return gemv_wins.load(torch.cuda.get_device_name(device))
+
+
 def routes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the GEMV computes ``x @ weight^T``: 1 to MAX_M BF16 rows on CUDA sm90, a weight the kernel
-    takes (BF16 or INT8), and no torch.compile tracing."""
+    takes (BF16 or INT8), no torch.compile tracing, and, on a GPU model `gemv_wins` lists, a point
+    (dtype, N, K, M) where the benchmark measured it faster than SGLang's path."""
     k = x.shape[-1]
-    return (
+    m = x.numel() // k
+    if not (
         x.dtype == torch.bfloat16
         and weight.dtype in (torch.bfloat16, torch.int8)
-        and 1 <= x.numel() // k <= kernels.MAX_M
+        and 1 <= m <= kernels.MAX_M
         and x.stride(-1) == 1
         and weight.shape[-1] == k
         and kernels.supports(weight)
         and not torch.compiler.is_compiling()
         and _on_sm90(x.device)
-    )
+    ):
+        return False
+    wins = _measured_wins(x.device)
+    return wins is None or ("int8" if weight.dtype == torch.int8 else "bf16", weight.shape[0], k, m) in wins
 
 
 def _route_unquantized(stock: Callable) -> Callable:

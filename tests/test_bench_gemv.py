@@ -7,6 +7,8 @@ import torch
 
 from eval.perf import bench_gemv
 from eval.perf.bench_gemv import DenseLinear, dense_linears
+from sglang_ext.kernels import gemv_wins
+from sglang_ext.kernels.gemv import K_MULTIPLE, MAX_M
 
 
 def test_35b_dense_linears_as_sglang_serves_them() -> None:
@@ -66,3 +68,27 @@ def test_rows_are_kept_as_they_are_measured(tmp_path, monkeypatch) -> None:
         bench_gemv.main(["--shapes", "qwen3.5-35b-a3b", "--m", "1", "--out", str(tmp_path)])
     kept = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [(row["n"], row["k"], row["m"], row["speedup"]) for row in kept] == [(n, k, m, 2.0) for n, k, m in calls[:2]]
+
+
+def _row(n: int, k: int, dtype: str, m: int, speedup: float, shape: str = "qwen3.5-35b-a3b") -> bench_gemv.Row:
+    return bench_gemv.Row(shape, "x", n, k, dtype, m, 1, speedup, 1.0, speedup, 0.0, 0.0, 0.0)
+
+
+def test_wins_keep_only_points_the_gemv_won_everywhere_and_other_gpus_entries(tmp_path) -> None:
+    wins = tmp_path / "gemv_wins.json"
+    wins.write_text(json.dumps({"NVIDIA H100 80GB HBM3": {"measured": "before", "bf16": {"64x2048": [1]}, "int8": {}}}))
+    rows = [_row(2048, 4096, "bf16", 1, 1.20), _row(2048, 4096, "bf16", 8, 1.01),  # within noise: SGLang's
+            _row(4096, 2048, "bf16", 1, 1.10), _row(4096, 2048, "bf16", 1, 0.90, "qwen3.5-397b-a17b-tp4"),  # lost once
+            _row(64, 2048, "int8", 2, 1.9)]  # fmt: skip
+    entry = gemv_wins.record("NVIDIA H200", rows, "test", wins)
+    assert entry == {"measured": "test", "bf16": {"2048x4096": [1], "4096x2048": []}, "int8": {"64x2048": [2]}}
+    assert gemv_wins.load("NVIDIA H200", wins) == {("bf16", 2048, 4096, 1), ("int8", 64, 2048, 2)}
+    assert gemv_wins.load("NVIDIA H100 80GB HBM3", wins) == {("bf16", 64, 2048, 1)}
+    assert gemv_wins.load("NVIDIA B200", wins) is None  # never measured: routed by M alone
+
+
+def test_the_shipped_wins_are_points_the_kernel_takes() -> None:
+    table = json.loads(gemv_wins.WINS_FILE.read_text())
+    for gpu in table:
+        for dtype, n, k, m in gemv_wins.load(gpu):
+            assert dtype in ("bf16", "int8") and n > 0 and k % K_MULTIPLE == 0 and 1 <= m <= MAX_M, (gpu, dtype, n, k, m)

@@ -66,6 +66,7 @@ def routed(monkeypatch: pytest.MonkeyPatch, stock, bf16_dot) -> list[str]:
 
     monkeypatch.setenv(small_m_gemv.ENV, "1")
     monkeypatch.setattr(small_m_gemv, "_on_sm90", lambda device: True)
+    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: None)  # a GPU model gemv_wins does not list
     monkeypatch.setattr(small_m_gemv, "gemv", recorded(gemv))
     monkeypatch.setattr(small_m_gemv, "int8_scaled_gemv", recorded(int8_scaled_gemv))
     assert small_m_gemv.install()
@@ -109,6 +110,18 @@ def test_bf16_linear_routes_up_to_max_m_tokens(routed, bias: bool) -> None:
     x = torch.randn(MAX_M + 1, HIDDEN).bfloat16()
     out, _ = layer(x)
     assert not routed and torch.equal(out, F.linear(x, layer.weight, layer.bias))
+
+
+def test_a_measured_gpu_routes_only_the_points_where_the_gemv_won(routed, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: frozenset({("bf16", 64, HIDDEN, 1)}))
+    layer = bf16_linear(64, HIDDEN, bias=False)
+    out, _ = layer(torch.randn(1, HIDDEN).bfloat16())
+    assert routed.pop() == "gemv" and not routed
+    x = torch.randn(2, HIDDEN).bfloat16()  # measured slower (or not at all) at M = 2: SGLang's path
+    out, _ = layer(x)
+    assert not routed and torch.equal(out, F.linear(x, layer.weight))
+    out, _ = bf16_linear(128, HIDDEN, bias=False)(torch.randn(1, HIDDEN).bfloat16())  # another shape
+    assert not routed
 
 
 @pytest.mark.parametrize(
@@ -202,3 +215,13 @@ def test_quark_int8_routes_up_to_max_m_tokens(routed, int8_layer) -> None:
     x_q, x_scale = per_token_quant_int8(x)
     assert not routed
     assert torch.equal(out, w8a8_int8.int8_scaled_mm(x_q, int8_layer.weight, x_scale, int8_layer.weight_scale, x.dtype))
+
+
+def test_a_measured_gpu_routes_an_int8_linear_by_its_int8_points(routed, int8_layer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: frozenset({("int8", 64, HIDDEN, 2)}))
+    int8_layer(torch.randn(2, HIDDEN).bfloat16())
+    assert routed.pop() == "int8_scaled_gemv" and not routed
+    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: frozenset({("bf16", 64, HIDDEN, 2)}))
+    int8_layer(torch.randn(2, HIDDEN).bfloat16())  # the BF16 kernel's win says nothing of the INT8 one
+    assert not routed

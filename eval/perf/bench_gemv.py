@@ -20,6 +20,10 @@ A second table adds the linears up per decode step of the full model (each weigh
 its linears), for a BF16 checkpoint and an INT8 one, with the shared expert unfused (fused, its two linears
 run inside the MoE kernel instead). Prints both and writes bench_gemv.json; each row also goes to rows.jsonl
 as it is measured, so a run cut short keeps what it measured.
+
+`--wins [FILE]` records, for this GPU model, the points (dtype, N, K, M) where the GEMV was faster by at
+least `gemv_wins.MARGIN` in sglang_ext/kernels/gemv_wins.json (or FILE, e.g. a copy under $OUT on the GPU
+host): with SGLANG_EXT_SMALL_M_GEMV=1 that GPU then routes only those to the GEMV.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +46,7 @@ from eval.perf.bench_decode import hbm_bandwidth_gbs
 from sglang_ext.fixtures.model_config import SHAPES, model_config
 from sglang_ext.fixtures.tensors import checkpoint_specs
 from sglang_ext.formats.encoders import encoder
+from sglang_ext.kernels import gemv_wins
 from sglang_ext.kernels.gemv import MAX_M, gemv, int8_scaled_gemv
 
 REAL_SHAPES = ("qwen3.5-35b-a3b", "qwen3.5-397b-a17b-tp4")
@@ -231,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", type=model_shapes, default=list(REAL_SHAPES))
     parser.add_argument("--m", type=token_counts, default=[1, 2, 4, 8], help="tokens per call (default 1,2,4,8)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_gemv")
+    parser.add_argument("--wins", type=Path, nargs="?", const=gemv_wins.WINS_FILE, metavar="FILE",
+                        help="record where the GEMV won on this GPU (default sglang_ext/kernels/gemv_wins.json)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: eval.perf.bench_gemv needs a CUDA GPU: it times kernels on one, and this machine has none\n"
@@ -253,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device": device, "hbm_gbs": copy_gbs, "rows": [asdict(r) for r in rows], "per_step": [asdict(t) for t in totals]}
     (args.out / "bench_gemv.json").write_text(json.dumps(report, indent=2) + "\n")
     print_tables(rows, totals, copy_gbs, device)
+    if args.wins:
+        entry = gemv_wins.record(device, rows, f"python -m eval.perf.bench_gemv, {time.strftime('%Y-%m-%d')}, "
+                                 f"shapes {','.join(args.shapes)}, M {','.join(map(str, args.m))}", args.wins)  # fmt: skip
+        won = sum(len(ms) for dtype in ("bf16", "int8") for ms in entry[dtype].values())
+        print(f"{args.wins}: {device} routes {won} of {len({(r.dtype, r.n, r.k, r.m) for r in rows})} measured points to the GEMV")
     return 0
 
 
