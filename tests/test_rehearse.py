@@ -1,5 +1,7 @@
 """What `python -m tests.gpu.rehearse` asks the launcher for, checked without a GPU."""
 
+import base64
+import io
 import json
 
 import pytest
@@ -24,3 +26,15 @@ def test_a_given_checkpoint_is_served_at_its_own_depth_and_a_missing_one_is_a_us
     with pytest.raises(SystemExit) as exit_:
         rehearse.main(["--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2 and "no config.json there" in capsys.readouterr().err
+
+
+def test_the_image_chat_carries_conformances_picture_as_the_openai_sdk_sends_it() -> None:
+    from openai.types.chat import ChatCompletionUserMessageParam
+    from PIL import Image
+
+    message = rehearse.image_message()
+    assert set(ChatCompletionUserMessageParam.__annotations__) >= set(message) and message["role"] == "user"
+    url = message["content"][0]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    picture = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert picture.size == (256, 256) and message["content"][1] == {"type": "text", "text": "Describe this image in one sentence."}

@@ -45,10 +45,12 @@ def write_pngs(directory: Path) -> dict[Image, Path]:
     return paths
 
 
+def data_url(png_bytes: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes).decode("ascii")
+
+
 def image_url(image: Image, path: Path) -> str:
-    if image.form == "base64":
-        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-    return path.resolve().as_uri()
+    return data_url(path.read_bytes()) if image.form == "base64" else path.resolve().as_uri()
 
 
 def chat_request(url: str, model: str, new_tokens: int) -> dict:

@@ -2,7 +2,7 @@
 (what one GPU of the recipe's TP4 holds: `--shape qwen3.5-397b-a17b-tp4`), through the launcher exactly as a
 user runs it (`python -m launch RECIPE --stand-in sm90 --set tp-size=1 --set ep-size=1 --set model.path=DIR`,
 with the launcher's own hardware and memory checks), then: chat through the OpenAI SDK (plain, streamed,
-with a tool), the accept length of a speculative recipe, the GPU memory the server holds, and a clean stop
+with a tool, with an image), the accept length of a speculative recipe, the GPU memory the server holds, and a clean stop
 (the GPU's memory back to what it was).
 
     python -m tests.gpu.rehearse [--recipes qwen3.5-397b-nvfp4-rtxpro6000-mtp,...] [--layers 4] [--out DIR]
@@ -26,6 +26,7 @@ from rich.table import Table
 from eval.perf.bench_decode import ensure_checkpoint
 from eval.perf.bench_spec import accept_length
 from launch.recipe import load_recipe
+from tests.gpu import conformance_images as images
 from tests.gpu.serving import ServerDidNotStart, served
 
 SHAPE = "qwen3.5-397b-a17b-tp4"
@@ -47,16 +48,25 @@ def gpu_memory_used_mib() -> int:
     return int(out.split()[0])
 
 
+def image_message() -> dict:
+    """A user turn with conformance's first picture as a base64 PNG `image_url`, as the OpenAI SDK sends one."""
+    url = images.data_url(images.png(images.IMAGES[0]))
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": images.PROMPT}]}
+
+
 def chat_checks(base_url: str, model: str) -> dict[str, object]:
-    """Status of each request kind a card's users send: a plain chat, a streamed one, one offering a tool."""
+    """Status of each request kind a card's users send: a plain chat, a streamed one, one offering a tool, one
+    with an image (the checkpoint's BF16 ViT; its prompt tokens show the picture was encoded)."""
     client = OpenAI(base_url=f"{base_url}/v1", api_key="EMPTY")
     messages = [{"role": "user", "content": "What is 7*6?"}]
     plain = client.chat.completions.create(model=model, messages=messages, max_tokens=64, temperature=0)
     chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=32, temperature=0, stream=True))
     tools = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Weather in Paris?"}],
                                            tools=[WEATHER_TOOL], max_tokens=32, temperature=0)  # fmt: skip
+    image = client.chat.completions.create(model=model, messages=[image_message()], max_tokens=16, temperature=0)
     return {"chat_tokens": plain.usage.completion_tokens, "stream_chunks": len(chunks),
-            "tools_finish": tools.choices[0].finish_reason}  # fmt: skip
+            "tools_finish": tools.choices[0].finish_reason, "image_prompt_tokens": image.usage.prompt_tokens,
+            "image_tokens": image.usage.completion_tokens}  # fmt: skip
 
 
 def checkpoint_layers(checkpoint: Path) -> int:
@@ -106,7 +116,7 @@ def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path
 def print_table(rows: list[dict]) -> None:
     table = Table(title="Seed recipes as Hopper stand-ins at TP1 (one H200)", title_justify="left")
     columns = ("recipe", "layers", "checkpoint_gib", "ready_s", "gpu_used_gib", "chat_tokens", "stream_chunks",
-               "tools_finish", "accept_length", "gpu_after_stop_gib", "error")  # fmt: skip
+               "tools_finish", "image_prompt_tokens", "accept_length", "gpu_after_stop_gib", "error")  # fmt: skip
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
