@@ -38,3 +38,13 @@ def test_the_image_chat_carries_conformances_picture_as_the_openai_sdk_sends_it(
     assert url.startswith("data:image/png;base64,")
     picture = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert picture.size == (256, 256) and message["content"][1] == {"type": "text", "text": "Describe this image in one sentence."}
+
+
+@pytest.mark.parametrize("recipe, shape", [
+    ("qwen3.5-397b-nvfp4-rtxpro6000-mtp", "qwen3.5-397b-a17b-tp4"),  # TP4: one GPU holds a quarter
+    ("qwen3.5-397b-mxfp4-fse-mi355x", "qwen3.5-397b-a17b-tp4"),
+    ("qwen3.6-35b-int8-h100", "qwen3.5-35b-a3b"),  # one GPU holds the whole 35B
+    ("qwen3.5-35b-mxfp4-mi355x", "qwen3.5-35b-a3b"),
+])  # fmt: skip
+def test_each_recipe_is_rehearsed_at_what_one_of_its_gpus_holds(recipe: str, shape: str) -> None:
+    assert rehearse.one_gpu_shape(recipe) == shape

@@ -1,11 +1,13 @@
 """Seed recipes rehearsed on one GPU: each served as its Hopper stand-in at TP1 on a real-shaped checkpoint
-(what one GPU of the recipe's TP4 holds: `--shape qwen3.5-397b-a17b-tp4`), through the launcher exactly as a
-user runs it (`python -m launch RECIPE --stand-in sm90 --set tp-size=1 --set ep-size=1 --set model.path=DIR`,
-with the launcher's own hardware and memory checks), then: chat through the OpenAI SDK (plain, streamed,
-with a tool, with an image), the accept length of a speculative recipe, the GPU memory the server holds, and a clean stop
-(the GPU's memory back to what it was).
+of what one of its GPUs holds (`qwen3.5-397b-a17b-tp4`, a quarter of the 397B, for the TP4 recipes; the
+whole 35B-A3B for the one-GPU ones), through the launcher exactly as a user runs it (`python -m launch
+RECIPE --stand-in sm90 --set tp-size=1 --set ep-size=1 --set model.path=DIR`, with the launcher's own
+hardware and memory checks), then: chat through the OpenAI SDK (plain, streamed, with a tool, with an
+image), the accept length of a speculative recipe, the GPU memory the server holds, and a clean stop (the
+GPU's memory back to what it was).
 
     python -m tests.gpu.rehearse [--recipes qwen3.5-397b-nvfp4-rtxpro6000-mtp,...] [--layers 4] [--out DIR]
+    python -m tests.gpu.rehearse --recipes qwen3.6-35b-bf16-h100 --layers 40 --checkpoints /dev/shm   # 70 GB of BF16
     python -m tests.gpu.rehearse --recipes qwen3.6-35b-int8-h100 --checkpoint DIR   # e.g. sglang_ext.quantize's output
 
 Results go to OUT/rehearse.json after every recipe (a run cut short keeps what finished) and as a table.
@@ -29,7 +31,7 @@ from launch.recipe import load_recipe
 from tests.gpu import conformance_images as images
 from tests.gpu.serving import ServerDidNotStart, served
 
-SHAPE = "qwen3.5-397b-a17b-tp4"
+SHAPE_OF_TP = {4: "qwen3.5-397b-a17b-tp4", 1: "qwen3.5-35b-a3b"}  # the recipe's own tp-size -> one GPU's shape
 DEFAULT_RECIPES = "qwen3.5-397b-mxfp4-fse-mi355x-mtp,qwen3.5-397b-nvfp4-rtxpro6000-mtp"
 FIXTURE_OF_FORMAT = {"modelopt-nvfp4": "modelopt-nvfp4", "quark-mxfp4-fse": "quark-mxfp4-fse", "bf16": "bf16",
                      "ct-mxfp4": "ct-mxfp4", "quark-w8a8-int8": "quark-w8a8-int8"}  # fmt: skip
@@ -51,7 +53,8 @@ def gpu_memory_used_mib() -> int:
 def image_message() -> dict:
     """A user turn with conformance's first picture as a base64 PNG `image_url`, as the OpenAI SDK sends one."""
     url = images.data_url(images.png(images.IMAGES[0]))
-    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": images.PROMPT}]}
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": images.PROMPT}]
+    return {"role": "user", "content": content}
 
 
 def chat_checks(base_url: str, model: str) -> dict[str, object]:
@@ -82,13 +85,18 @@ def launcher_sets(recipe: str, checkpoint: Path, extra_sets: tuple[str, ...] = (
     return ["tp-size=1", "ep-size=1", f"model.path={checkpoint}", *vit, *extra_sets]
 
 
+def one_gpu_shape(recipe: str) -> str:
+    return SHAPE_OF_TP[int(load_recipe(recipe, stand_in="sm90").recipe.server_args.get("tp-size", 1))]
+
+
 def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path | None = None,
-             extra_sets: tuple[str, ...] = ()) -> dict[str, object]:
+             extra_sets: tuple[str, ...] = (), checkpoints: Path | None = None) -> dict[str, object]:
     loaded = load_recipe(recipe, ["tp-size=1", "ep-size=1"], stand_in="sm90")
     drafting = bool(loaded.recipe.server_args.get("speculative-algorithm"))
     if given is None:
         fixture = FIXTURE_OF_FORMAT[loaded.recipe.checkpoint_format]
-        checkpoint = ensure_checkpoint(out, SHAPE, layers, fixture, acceptance if drafting else 0.0)
+        shape, share = one_gpu_shape(recipe), acceptance if drafting else 0.0
+        checkpoint = ensure_checkpoint(checkpoints or out, shape, layers, fixture, share)
     else:
         checkpoint, layers = given, checkpoint_layers(given)
     idle = gpu_memory_used_mib()
@@ -131,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=4, help="layers of the real-shaped checkpoint (default 4)")
     parser.add_argument("--acceptance", type=float, default=0.8, help="the MTP head's share P for -mtp recipes")
     parser.add_argument("--checkpoint", type=Path, metavar="DIR",
-                        help=f"serve this checkpoint (its format the recipe's) instead of writing a {SHAPE} one")
+                        help="serve this checkpoint (its format the recipe's) instead of writing a real-shaped one")
+    parser.add_argument("--checkpoints", type=Path, metavar="DIR",
+                        help="write the real-shaped checkpoints under DIR/checkpoints "
+                             "(default OUT; /dev/shm when the disk is small)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="a further launcher --set for every recipe (e.g. mem-fraction-static=0.35 beside other servers)")
+                        help="a further launcher --set for every recipe "
+                             "(e.g. mem-fraction-static=0.35 beside other servers)")
     parser.add_argument("--out", type=Path, default=Path("runs/rehearse"))
     args = parser.parse_args(argv)
     if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in args.recipes.split(","):
         if any(r["recipe"] == recipe and r["layers"] == layers and "error" not in r for r in rows):
             continue
-        rows.append(rehearse(recipe, layers, args.out, args.acceptance, args.checkpoint, tuple(args.sets)))
+        rows.append(rehearse(recipe, layers, args.out, args.acceptance, args.checkpoint, tuple(args.sets), args.checkpoints))
         results.write_text(json.dumps(rows, indent=1) + "\n")
         print(json.dumps(rows[-1]), flush=True)
     print_table(rows)
