@@ -48,3 +48,9 @@ def test_the_image_chat_carries_conformances_picture_as_the_openai_sdk_sends_it(
 ])  # fmt: skip
 def test_each_recipe_is_rehearsed_at_what_one_of_its_gpus_holds(recipe: str, shape: str) -> None:
     assert rehearse.one_gpu_shape(recipe) == shape
+
+
+def test_a_format_the_fixtures_cannot_write_is_a_row_that_says_so(tmp_path) -> None:
+    row = rehearse.rehearse("qwen3.5-397b-fp8-mi355x", 4, tmp_path, 0.8)
+    assert row["error"].startswith("sglang_ext.fixtures writes no fp8 checkpoint") and "--checkpoint" in row["error"]
+    assert not (tmp_path / "checkpoints").exists()  # nothing written, no server started

@@ -28,13 +28,12 @@ from rich.table import Table
 from eval.perf.bench_decode import ensure_checkpoint
 from eval.perf.bench_spec import accept_length
 from launch.recipe import load_recipe
+from sglang_ext.fixtures import FORMATS as FIXTURE_FORMATS
 from tests.gpu import conformance_images as images
 from tests.gpu.serving import ServerDidNotStart, served
 
 SHAPE_OF_TP = {4: "qwen3.5-397b-a17b-tp4", 1: "qwen3.5-35b-a3b"}  # the recipe's own tp-size -> one GPU's shape
 DEFAULT_RECIPES = "qwen3.5-397b-mxfp4-fse-mi355x-mtp,qwen3.5-397b-nvfp4-rtxpro6000-mtp"
-FIXTURE_OF_FORMAT = {"modelopt-nvfp4": "modelopt-nvfp4", "quark-mxfp4-fse": "quark-mxfp4-fse", "bf16": "bf16",
-                     "ct-mxfp4": "ct-mxfp4", "quark-w8a8-int8": "quark-w8a8-int8"}  # fmt: skip
 # The offline SGLang bundle of the GPU hosts drops sgl-kernel's FA3 build, SGLang's Hopper default for the ViT;
 # a recipe native to Hopper (the -h100 ones) leaves the ViT on it, and its server dies at the first request
 # ("ImportError: Can not import FA3 in sgl_kernel"). A real H100 install has FA3, so the recipes keep the card's.
@@ -93,10 +92,14 @@ def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path
              extra_sets: tuple[str, ...] = (), checkpoints: Path | None = None) -> dict[str, object]:
     loaded = load_recipe(recipe, ["tp-size=1", "ep-size=1"], stand_in="sm90")
     drafting = bool(loaded.recipe.server_args.get("speculative-algorithm"))
+    fmt = loaded.recipe.checkpoint_format
+    if given is None and fmt not in FIXTURE_FORMATS:
+        written = ", ".join(FIXTURE_FORMATS)
+        return {"recipe": recipe, "layers": layers,
+                "error": f"sglang_ext.fixtures writes no {fmt} checkpoint ({written}): give one with --checkpoint"}
     if given is None:
-        fixture = FIXTURE_OF_FORMAT[loaded.recipe.checkpoint_format]
         shape, share = one_gpu_shape(recipe), acceptance if drafting else 0.0
-        checkpoint = ensure_checkpoint(checkpoints or out, shape, layers, fixture, share)
+        checkpoint = ensure_checkpoint(checkpoints or out, shape, layers, fmt, share)
     else:
         checkpoint, layers = given, checkpoint_layers(given)
     idle = gpu_memory_used_mib()
