@@ -260,3 +260,44 @@ def test_image_chats_are_scored_and_a_wrong_server_or_prompt_is_caught(fixtures_
         f"bf16: image greedy agreement {wrong.image_greedy_agreement:.3f} < 0.95 (2 misses, {near} at a near-tie; the "
         f"reference puts SGLang's token {min(misses):.3f}–{max(misses):.3f} nats below its best)",
         f"bf16: image {wrong.image_problems[0]}"]  # fmt: skip
+
+
+# --- --rescore OUT ------------------------------------------------------------------------------------
+
+
+def test_a_finished_run_is_scored_again_from_its_saved_answers(fixtures_root: Path, tmp_path: Path, capsys) -> None:
+    """Each case's answers are kept as served (servers/<case>/raw.json); `--rescore` scores them again without
+    a server, against checkpoints found where the run served them or where --checkpoints says they are now."""
+    from transformers import AutoProcessor
+
+    checkpoint = fixtures_root / "bf16"
+    model, processor = reference_model(checkpoint, checkpoint), AutoProcessor.from_pretrained(checkpoint)
+    prompts = conformance.prompt_ids(checkpoint)
+    pngs = {image.form: images.png(image) for image in images.IMAGES}
+    moved = tmp_path / "elsewhere"  # where the GPU host had the checkpoint; not on this machine
+    run = tmp_path / "run"
+    results = []
+    for name, fse in (("bf16 @elsewhere", True), ("bf16 fse-off @elsewhere", False)):
+        result = conformance.Result(name, "tiny-bf16", fse, str(moved), chat_completion_tokens=8, fused_in_log=fse)
+        perfect_server(result, model, processor, prompts, pngs)
+        result.top2_gaps = [[1.0] * 3 for _ in prompts]
+        conformance._save_raw(result, conformance.case_dir(run / "servers", name))
+        results.append(conformance.Result(**{k: v for k, v in vars(result).items() if k not in conformance.RAW_FIELDS}))
+    conformance.save_run(run / "conformance.json", results, [])  # as served: not scored yet
+
+    with pytest.raises(SystemExit) as exit_:
+        conformance.main(["--rescore", str(run)])
+    assert exit_.value.code == 2 and f"served {moved}, which is not here: give --checkpoints bf16=DIR" in capsys.readouterr().err
+
+    assert conformance.main(["--rescore", str(run), "--checkpoints", f"bf16={checkpoint}"]) == 0
+    assert "PASS: 2 cases, 1 FSE pairs" in capsys.readouterr().out
+    rescored = json.loads((run / "rescored.json").read_text())
+    assert [(r["max_abs_logprob_error"] < 1e-4, r["greedy_agreement"], r["image_greedy_agreement"]) for r in rescored["results"]] == [
+        (True, 1.0, 1.0), (True, 1.0, 1.0)]  # fmt: skip
+    assert rescored["fse_pairs"][0]["identical_sequences"] == len(prompts)
+    assert json.loads((run / "conformance.json").read_text())["fse_pairs"] == []  # the run's own record is kept
+
+    (run / "servers" / "bf16-fse-off-@elsewhere" / conformance.RAW_FILE).unlink()
+    with pytest.raises(SystemExit):
+        conformance.main(["--rescore", str(run), "--checkpoints", f"bf16={checkpoint}"])
+    assert "raw.json: missing, so 'bf16 fse-off @elsewhere' cannot be scored again" in capsys.readouterr().err

@@ -15,6 +15,7 @@ of one checkpoint are also compared with each other.
     python -m tests.gpu.conformance [--cases bf16,int8,...] [--shapes tiny,tiny-top10] [--tp 2] [--ep 2] [--out DIR]
     python -m tests.gpu.conformance --checkpoints quark-w8a8-int8=DIR modelopt-nvfp4=DIR2 [--cases ...]
     python -m tests.gpu.conformance --merge A/conformance.json B/conformance.json
+    python -m tests.gpu.conformance --rescore OUT [--checkpoints FORMAT=DIR ...]
     python -m tests.gpu.conformance ... --dry-run
 
 prints one table and writes conformance.json; tests/gpu/test_conformance.py runs it with thresholds.
@@ -23,6 +24,8 @@ of 32 experts, 11 slots with FSE); `--checkpoints FORMAT=DIR` serves your checkp
 (e.g. what `python -m sglang_ext.quantize SRC OUT --to FORMAT` wrote), each as the tiny recipe of its
 format, FSE on and off where sglang_ext fuses its shared expert, scored against its own dequantization.
 `--merge` prints one table from runs split by `--cases` (e.g. to fit a time limit per command);
+`--rescore` scores a finished run again from what its servers answered (OUT/servers/<case>/raw.json), on any
+machine, a CPU included, and writes OUT/rescored.json;
 `--dry-run` builds the checkpoints and prints each server's launcher command, without a GPU.
 """
 
@@ -73,7 +76,8 @@ THRESHOLDS = {
 # reference is ~0.05 nats).
 FSE_MAX_PROMPT_LOGPROB_DIFF = {"tiny-bf16": 0.25, "tiny-int8": 0.25, "tiny-nvfp4": 0.25, "tiny-ct-mxfp4": 0.25,
                                "tiny-mxfp4-fse": 0.5}  # fmt: skip
-RAW_FIELDS = ("sequences", "logprobs", "image_answers")  # server output kept for scoring, not saved
+RAW_FIELDS = ("sequences", "logprobs", "image_answers")  # server output: in servers/<case>/raw.json, not in the table
+RAW_FILE = "raw.json"
 
 
 @dataclass
@@ -122,9 +126,28 @@ def prompt_ids(tokenizer_dir: Path) -> list[list[int]]:
 _STARTING = threading.Lock()
 
 
+def case_dir(servers: Path, case_name: str) -> Path:
+    return servers / case_name.replace(" ", "-")
+
+
+def _save_raw(result: Result, directory: Path) -> None:
+    """What the server answered, as served (before any scoring), so a run can be scored again without a GPU."""
+    directory.mkdir(parents=True, exist_ok=True)
+    raw = {name: getattr(result, name) for name in RAW_FIELDS if name != "image_answers"}
+    raw |= {"image_answers": [asdict(answer) for answer in result.image_answers], "image_problems": result.image_problems}
+    (directory / RAW_FILE).write_text(json.dumps(raw) + "\n")
+
+
+def _load_raw(result: Result, directory: Path) -> None:
+    raw = json.loads((directory / RAW_FILE).read_text())
+    result.sequences, result.logprobs = raw["sequences"], raw["logprobs"]
+    result.image_answers = [images.Answer(**answer) for answer in raw["image_answers"]]
+    result.image_problems = raw["image_problems"]
+
+
 def _serve_and_query(case: Case, sets: list[str], prompts: list[list[int]], pictures: dict[images.Image, Path], log_dir: Path) -> Result:
     result = Result(case.name, case.recipe, case.fse, case.served)
-    log_dir = log_dir / case.name.replace(" ", "-")
+    log_dir = case_dir(log_dir, case.name)
     try:
         with contextlib.ExitStack() as stack:
             with _STARTING:
@@ -153,6 +176,7 @@ def _serve_and_query(case: Case, sets: list[str], prompts: list[list[int]], pict
     except Exception as error:  # a case's failure is a row in the table, not the end of the suite
         result.error = f"{type(error).__name__}: {error}"
     result.fused_in_log = _fusion_from_log(log_dir)
+    _save_raw(result, log_dir)
     print(f"{case.name}: {'ready after %.0f s' % result.ready_s if result.ready_s else 'no server'}"
           f"{', ' + result.error if result.error else ''}", flush=True)  # fmt: skip
     return result
@@ -303,9 +327,47 @@ def run(cases: tuple[Case, ...], out: Path, parallel: int = 8, tp: int = 1, ep: 
     with ThreadPoolExecutor(parallel) as pool:
         results = list(pool.map(lambda case: _serve_and_query(case, server_sets(case, tp, ep), prompts, pictures, out / "servers"), cases))
     score(results, checkpoints, prompts, pictures, out, "cuda" if torch.cuda.is_available() else "cpu")
-    pairs = [compare_fse(on, off, [len(p) for p in prompts]) for on in results for off in results
-             if (on.recipe, on.served) == (off.recipe, off.served) and on.fse and off.fse is False and not on.error and not off.error]  # fmt: skip
+    pairs = fse_pairs(results, prompts)
     save_run(out / "conformance.json", results, pairs)
+    return results, pairs
+
+
+def fse_pairs(results: list[Result], prompts: list[list[int]]) -> list[dict]:
+    return [compare_fse(on, off, [len(p) for p in prompts]) for on in results for off in results
+            if (on.recipe, on.served) == (off.recipe, off.served) and on.fse and off.fse is False and not on.error and not off.error]  # fmt: skip
+
+
+def rescore(out: Path, given: dict[str, Path]) -> tuple[list[Result], list[dict]]:
+    """Score a finished run (OUT/conformance.json and each case's raw.json) again with this scorer, e.g. on a
+    CPU after a GPU run; `given` (format -> directory) stands in for checkpoint directories the run served
+    elsewhere. Writes OUT/rescored.json; ValueError naming what is missing."""
+    import torch
+
+    from launch.recipe import load_recipe
+    from sglang_ext.fixtures import Variant, ensure_fixture
+
+    results, _ = load_runs([out / "conformance.json"])
+    for result in results:
+        raw = case_dir(out / "servers", result.case) / RAW_FILE
+        if not result.error and not raw.is_file():
+            raise ValueError(f"{raw}: missing, so {result.case!r} cannot be scored again (runs before raw.json kept none)")
+        if not result.error:
+            _load_raw(result, raw.parent)
+    checkpoints: dict[tuple[str, str], Path] = {}
+    for result in results:
+        fmt = load_recipe(result.recipe).recipe.checkpoint_format
+        if result.served in SHAPES:
+            directory = ensure_fixture(load_recipe(result.recipe).recipe.model.fixture, variant=Variant(result.served))
+        else:
+            directory = given.get(fmt, Path(result.served))
+        if not directory.is_dir():
+            raise ValueError(f"{result.case!r} served {directory}, which is not here: give --checkpoints {fmt}=DIR "
+                             "with the same bytes (e.g. the same sglang_ext.quantize command's OUT)")  # fmt: skip
+        checkpoints[result.recipe, result.served] = directory
+    prompts = prompt_ids(next(iter(checkpoints.values())))
+    score(results, checkpoints, prompts, images.write_pngs(out / "images"), out, "cuda" if torch.cuda.is_available() else "cpu")
+    pairs = fse_pairs(results, prompts)
+    save_run(out / "rescored.json", results, pairs)
     return results, pairs
 
 
@@ -436,9 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ep", type=int, default=1, help="expert parallelism of every server")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "conformance")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON", help="print one table from these runs' conformance.json")
+    parser.add_argument("--rescore", type=Path, metavar="OUT", help="score a finished run's saved answers again, no server "
+                        "(a CPU will do); --checkpoints FORMAT=DIR where its checkpoint directories are elsewhere now")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="build the checkpoints and print each server's launcher command; serve nothing")
     args = parser.parse_args(argv)
-    if args.merge:
+    if args.rescore:
+        try:
+            results, pairs = rescore(args.rescore, dict(args.checkpoints or ()))
+        except ValueError as error:
+            parser.error(f"--rescore {error}")
+    elif args.merge:
         try:
             results, pairs = load_runs(args.merge)
         except ValueError as error:
