@@ -326,6 +326,7 @@ def run(cases: tuple[Case, ...], out: Path, parallel: int = 8, tp: int = 1, ep: 
     pictures = images.write_pngs(out / "images")
     with ThreadPoolExecutor(parallel) as pool:
         results = list(pool.map(lambda case: _serve_and_query(case, server_sets(case, tp, ep), prompts, pictures, out / "servers"), cases))
+    save_run(out / "conformance.json", results, [])  # served, not yet scored: --rescore picks it up after a crash
     score(results, checkpoints, prompts, pictures, out, "cuda" if torch.cuda.is_available() else "cpu")
     pairs = fse_pairs(results, prompts)
     save_run(out / "conformance.json", results, pairs)
