@@ -6,7 +6,7 @@
 # start once both parts are installed.  Logs go to $OUT (or ./runs) so nothing is lost.
 # A job longer than one call: `--detach NAME COMMAND...` starts it in its own session from a copy of the
 # repository (later calls re-sync the working tree under it), with $OUT at $JOBS/NAME/out; each later call's
-# `--collect` prints every job's state and log tail and packs $JOBS (checkpoints left out) into $OUT/jobs.tgz.
+# `--collect` prints every job's state and log tail and packs $JOBS (weights left out) into $OUT/jobs.tgz.
 set -uo pipefail
 PREFIX=${SGL_PREFIX:-/opt/sgl}
 LOGS=${OUT:-runs}
@@ -57,7 +57,8 @@ case "${1:-}" in
       echo "== $(basename "$job"): $( [ -e "$job/exit" ] && echo "exit $(cat "$job/exit")" || echo running)"
       tail -n "${TAIL:-8}" "$job/log" | cut -c1-300
     done
-    tar -czf "$LOGS/jobs.tgz" --exclude='*/repo' --exclude='*/checkpoints' -C "$JOBS" . 2>/dev/null
+    # weights stay behind: checkpoints, and the conformance suite's dequantized references (a returned file is at most 16 MiB)
+    tar -czf "$LOGS/jobs.tgz" --exclude='*/repo' --exclude='*/checkpoints' --exclude='*.safetensors' -C "$JOBS" . 2>/dev/null
     save_jit
     exit 0 ;;
 esac
