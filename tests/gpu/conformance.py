@@ -356,14 +356,17 @@ def rescore(out: Path, given: dict[str, Path]) -> tuple[list[Result], list[dict]
             _load_raw(result, raw.parent)
     checkpoints: dict[tuple[str, str], Path] = {}
     for result in results:
-        fmt = load_recipe(result.recipe).recipe.checkpoint_format
+        if (result.recipe, result.served) in checkpoints:
+            continue
+        recipe = load_recipe(result.recipe).recipe
         if result.served in SHAPES:
-            directory = ensure_fixture(load_recipe(result.recipe).recipe.model.fixture, variant=Variant(result.served))
+            directory = ensure_fixture(recipe.model.fixture, variant=Variant(result.served))
         else:
-            directory = given.get(fmt, Path(result.served))
+            directory = given.get(recipe.checkpoint_format, Path(result.served))
         if not directory.is_dir():
-            raise ValueError(f"{result.case!r} served {directory}, which is not here: give --checkpoints {fmt}=DIR "
-                             "with the same bytes (e.g. the same sglang_ext.quantize command's OUT)")  # fmt: skip
+            raise ValueError(f"{result.case!r} served {directory}, which is not here: give --checkpoints "
+                             f"{recipe.checkpoint_format}=DIR with the same bytes (e.g. the same sglang_ext.quantize "
+                             "command's OUT)")  # fmt: skip
         checkpoints[result.recipe, result.served] = directory
     prompts = prompt_ids(next(iter(checkpoints.values())))
     score(results, checkpoints, prompts, images.write_pngs(out / "images"), out, "cuda" if torch.cuda.is_available() else "cpu")
