@@ -248,16 +248,18 @@ def test_image_chats_are_scored_and_a_wrong_server_or_prompt_is_caught(fixtures_
     short = perfect.image_answers[0]
     wrong.image_answers.append(images.Answer(short.form, short.prompt_ids[:5] + short.prompt_ids[9:], short.output_ids, short.logprobs))
     conformance._score_images(wrong, model, processor, pngs, "cpu")
-    assert wrong.image_max_abs_logprob_error > 0.5 and abs(wrong.image_greedy_agreement - 2 / 3) < 1e-6
+    assert wrong.image_max_abs_logprob_error > 0.5 and abs(wrong.image_greedy_exact_agreement - 2 / 3) < 1e-6
     assert wrong.image_problems == [f"base64: SGLang's prompt has {len(short.prompt_ids) - 4} tokens (60 image), the processor's "
                                     f"{len(short.prompt_ids)} (64 image)"]  # fmt: skip
     wrong.chat_completion_tokens, wrong.fused_in_log, wrong.max_abs_logprob_error, wrong.greedy_agreement = 8, True, 0.0, 1.0
     misses = wrong.image_greedy_miss_shortfalls  # the two changed last tokens, of the two chats scored
     assert len(misses) == 2 and all(m > 0 for m in misses)
     near = sum(m < conformance.NEAR_TIE for m in misses)
+    assert abs(wrong.image_greedy_agreement - (6 - len(misses) + near) / 6) < 1e-6  # 2 chats × 3 tokens; a near-tie agrees
+    wrong.image_greedy_agreement = 0.5
     assert conformance.case_failures(wrong) == [
         f"bf16: image max |Δlogprob| {wrong.image_max_abs_logprob_error:.4f} ≥ 0.25",
-        f"bf16: image greedy agreement {wrong.image_greedy_agreement:.3f} < 0.95 (2 misses, {near} at a near-tie; the "
+        f"bf16: image greedy agreement 0.500 < 0.95 (2 misses, {near} at a near-tie, which agree; the "
         f"reference puts SGLang's token {min(misses):.3f}–{max(misses):.3f} nats below its best)",
         f"bf16: image {wrong.image_problems[0]}"]  # fmt: skip
 

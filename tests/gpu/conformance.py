@@ -9,7 +9,8 @@ model of the dequantized weights in float32 on the GPU, with the scheme's activa
 sequences. Per case, for text and for images: max and mean absolute logprob error over the positions
 SGLang reports (text: every prompt and generated token; images: the generated ones, after checking that
 SGLang's prompt, image tokens included, is the processor's), and teacher-forced greedy agreement (the
-reference's argmax after SGLang's own prefix, so one near-tie does not cascade). FSE-on and FSE-off runs
+reference's argmax after SGLang's own prefix, so one near-tie does not cascade; the pass mark counts a token
+within NEAR_TIE of the reference's best as agreeing, and the exact rate is reported beside it). FSE-on and FSE-off runs
 of one checkpoint are also compared with each other.
 
     python -m tests.gpu.conformance [--cases bf16,int8,...] [--shapes tiny,tiny-top10] [--tp 2] [--ep 2] [--out DIR]
@@ -57,18 +58,26 @@ PROMPTS = (
     "Tina makes $18.00 an hour. If she works more than 8 hours per shift, she is eligible for overtime.",
 )
 NEW_TOKENS = 16
+# Greedy agreement over as many tokens for the two image chats as for the eight text prompts (128): at 16 each,
+# one miss moved the image rate by 3%, and a format whose text agreement is 0.92 (MXFP4 W4A4) fell under 0.85
+# in about one image run in nine by chance alone (binomial at its text miss rate); at 128, one in 250.
+IMAGE_NEW_TOKENS = NEW_TOKENS * len(PROMPTS) // len(images.IMAGES)
 NEAR_TIE = 0.1  # nats between the top two candidates
 SERVED_NAME = "tiny-qwen3.5-moe"  # model.served_name of the tiny recipes
 
 # Pass marks, for text and image chats alike. Kernels compute in BF16 against a float32 reference (the tiny
 # model's BF16-vs-float32 spread is ~1% of the logits), and W4A4 / W8A8 kernels quantize activations with
-# their own rounding of the dynamic scales. Per recipe: (max |Δlogprob|, min greedy agreement).
+# their own rounding of the dynamic scales. Per recipe: (max |Δlogprob|, min greedy agreement), where a token
+# within NEAR_TIE of the reference's best agrees: at a near-tie either token is the model's answer up to that
+# rounding, and the random tiny model's answers after an image are near-ties far more often than after text
+# (MXFP4 W4A4, H200: 16 of 19 image misses against 7 of 10 text misses; 3 of 128 tokens beyond a near-tie in
+# both), so an exact rate would mark the picture rather than the kernels.
 THRESHOLDS = {
     "tiny-bf16": (0.25, 0.95),
-    "tiny-int8": (0.4, 0.9),
-    "tiny-mxfp4-fse": (0.6, 0.85),
-    "tiny-nvfp4": (0.4, 0.9),
-    "tiny-ct-mxfp4": (0.4, 0.9),
+    "tiny-int8": (0.4, 0.95),
+    "tiny-mxfp4-fse": (0.6, 0.95),
+    "tiny-nvfp4": (0.4, 0.95),
+    "tiny-ct-mxfp4": (0.4, 0.95),
 }
 # FSE on vs off, prompt logprobs: BF16 kernels summing in another order (NVFP4 and ct-MXFP4 run weight-only
 # on Hopper, so with a given checkpoint that quantizes their shared expert, and fuses it, they compare as
@@ -91,12 +100,14 @@ class Result:
     ready_s: float = 0.0
     max_abs_logprob_error: float = float("nan")
     mean_abs_logprob_error: float = float("nan")
-    greedy_agreement: float = float("nan")
+    greedy_agreement: float = float("nan")  # near-ties agree (the pass mark's rate)
+    greedy_exact_agreement: float = float("nan")
     chat_completion_tokens: int = 0
     fused_in_log: bool | None = None  # what the server log says sglang_ext's Qwen3.5 override did
     image_max_abs_logprob_error: float = float("nan")
     image_mean_abs_logprob_error: float = float("nan")
     image_greedy_agreement: float = float("nan")
+    image_greedy_exact_agreement: float = float("nan")
     image_problems: list[str] = field(default_factory=list)  # image chats refused, or prompts unlike the processor's
     # at each greedy miss, how many nats below its own best the reference puts SGLang's token (a near-tie or not)
     greedy_miss_shortfalls: list[float] = field(default_factory=list)
@@ -186,7 +197,7 @@ def _ask_images(server, pictures: dict[images.Image, Path], result: Result) -> N
     """One image chat per picture; a refused one is a missed mark of the case, not the end of it."""
     for image, path in pictures.items():
         try:
-            response = server.post("/v1/chat/completions", images.chat_request(images.image_url(image, path), SERVED_NAME, NEW_TOKENS))
+            response = server.post("/v1/chat/completions", images.chat_request(images.image_url(image, path), SERVED_NAME, IMAGE_NEW_TOKENS))
             result.image_answers.append(images.parse_answer(image.form, response))
         except urllib.error.HTTPError as error:
             result.image_problems.append(f"{image.form}: refused, {error.code} {error.read()[:300].decode(errors='replace')}")
@@ -207,7 +218,9 @@ def _fusion_from_log(log_dir: Path) -> bool | None:
 def _log_softmax(reference, inputs: dict, device: str):
     import torch
 
-    with torch.no_grad():
+    # PyTorch lets cuDNN run float32 convolutions (the ViT's patch embedding) in TF32; the reference stays float32.
+    # (On the H200 the image scores' reference differed from a CPU's by up to 0.01 nats, the text ones' not at all.)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         return reference(**{name: tensor.to(device) for name, tensor in inputs.items()}).logits[0].float().log_softmax(-1)
 
 
@@ -224,14 +237,15 @@ def _compare(logprobs, sequence: list[int], server_logprobs: list[float], prompt
     return (ours[len(sequence) - 1 - len(server_logprobs) :].cpu() - torch.tensor(server_logprobs)).abs(), shortfall
 
 
-def _summary(compared: list) -> tuple[float, float, float, list[float]]:
-    """(max and mean |Δlogprob|, greedy agreement, the reference's shortfall at each miss, largest first) over
-    every compared sequence."""
+def _summary(compared: list) -> tuple[float, float, float, float, list[float]]:
+    """(max and mean |Δlogprob|, greedy agreement with near-ties agreeing, exact greedy agreement, the
+    reference's shortfall at each miss, largest first) over every compared sequence."""
     import torch
 
     errors, shortfalls = torch.cat([e for e, _ in compared]), torch.cat([s for _, s in compared])
     misses = sorted((round(s, 4) for s in shortfalls[shortfalls > 0].tolist()), reverse=True)
-    return errors.max().item(), errors.mean().item(), (shortfalls == 0).float().mean().item(), misses
+    return (errors.max().item(), errors.mean().item(), (shortfalls < NEAR_TIE).float().mean().item(),
+            (shortfalls == 0).float().mean().item(), misses)
 
 
 def _score(result: Result, reference, prompt_lengths: list[int], device: str) -> None:
@@ -240,7 +254,7 @@ def _score(result: Result, reference, prompt_lengths: list[int], device: str) ->
     compared = [_compare(_log_softmax(reference, {"input_ids": torch.tensor([sequence])}, device), sequence, server, length)
                 for sequence, server, length in zip(result.sequences, result.logprobs, prompt_lengths)]  # fmt: skip
     (result.max_abs_logprob_error, result.mean_abs_logprob_error, result.greedy_agreement,
-     result.greedy_miss_shortfalls) = _summary(compared)
+     result.greedy_exact_agreement, result.greedy_miss_shortfalls) = _summary(compared)
 
 
 def _score_images(result: Result, reference, processor, pngs: dict[str, bytes], device: str) -> None:
@@ -259,7 +273,7 @@ def _score_images(result: Result, reference, processor, pngs: dict[str, bytes], 
         compared.append(_compare(_log_softmax(reference, inputs, device), prompt + answer.output_ids, answer.logprobs, len(prompt)))
     if compared:
         (result.image_max_abs_logprob_error, result.image_mean_abs_logprob_error, result.image_greedy_agreement,
-         result.image_greedy_miss_shortfalls) = _summary(compared)
+         result.image_greedy_exact_agreement, result.image_greedy_miss_shortfalls) = _summary(compared)
 
 
 def compare_fse(on: Result, off: Result, prompt_lengths: list[int]) -> dict:
@@ -385,7 +399,7 @@ def _misses(shortfalls: list[float]) -> str:
     if not shortfalls:
         return ""
     near = sum(s < NEAR_TIE for s in shortfalls)
-    return (f" ({len(shortfalls)} misses, {near} at a near-tie; the reference puts SGLang's token "
+    return (f" ({len(shortfalls)} misses, {near} at a near-tie, which agree; the reference puts SGLang's token "
             f"{min(shortfalls):.3f}–{max(shortfalls):.3f} nats below its best)")
 
 
@@ -429,15 +443,16 @@ def print_table(results: list[Result], pairs: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title=f"SGLang 0.5.17 vs dequantized float32 reference ({len(PROMPTS)} prompts and {len(images.IMAGES)} "
-                        f"image chats, {NEW_TOKENS} greedy tokens each)")  # fmt: skip
-    for column in ("case", "FSE", "fused (log)", "ready s", "max |Δlogprob|", "mean |Δlogprob|", "greedy agree",
-                   "image max |Δ|", "image agree", "chat tokens", "error"):  # fmt: skip
+                        f"image chats, {NEW_TOKENS} and {IMAGE_NEW_TOKENS} greedy tokens each)")  # fmt: skip
+    for column in ("case", "FSE", "fused (log)", "ready s", "max |Δlogprob|", "mean |Δlogprob|", "greedy agree (exact)",
+                   "image max |Δ|", "image agree (exact)", "chat tokens", "error"):  # fmt: skip
         table.add_column(column)
     for r in results:
         fse = {True: "on", False: "off", None: "n/a"}[r.fse]
         table.add_row(r.case, fse, {True: "yes", False: "no", None: "?"}[r.fused_in_log], f"{r.ready_s:.0f}", f"{r.max_abs_logprob_error:.4f}",
-                      f"{r.mean_abs_logprob_error:.4f}", f"{r.greedy_agreement:.3f}", f"{r.image_max_abs_logprob_error:.4f}",
-                      f"{r.image_greedy_agreement:.3f}", str(r.chat_completion_tokens), r.error[:80])  # fmt: skip
+                      f"{r.mean_abs_logprob_error:.4f}", f"{r.greedy_agreement:.3f} ({r.greedy_exact_agreement:.3f})",
+                      f"{r.image_max_abs_logprob_error:.4f}", f"{r.image_greedy_agreement:.3f} ({r.image_greedy_exact_agreement:.3f})",
+                      str(r.chat_completion_tokens), r.error[:80])  # fmt: skip
     console = Console(width=200)
     console.print(table)
     for pair in pairs:
