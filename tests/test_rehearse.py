@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import subprocess
 
 import pytest
 
@@ -54,3 +55,47 @@ def test_a_format_the_fixtures_cannot_write_is_a_row_that_says_so(tmp_path) -> N
     row = rehearse.rehearse("qwen3.5-397b-fp8-mi355x", 4, tmp_path, 0.8)
     assert row["error"].startswith("sglang_ext.fixtures writes no fp8 checkpoint") and "--checkpoint" in row["error"]
     assert not (tmp_path / "checkpoints").exists()  # nothing written, no server started
+
+
+def test_a_speed_sweep_is_eval_speeds_points_per_row_and_a_failed_one_says_where_to_look(tmp_path, monkeypatch, capsys) -> None:
+    runs = []
+
+    def eval_speed(command, env):
+        runs.append(command)
+        opts = dict(zip(command[4::2], command[5::2]))
+        points = [{"shape": shape, "concurrency": c, "request_throughput": 0.5 * c, "output_throughput": 100.0 * c,
+                   "median_ttft_ms": 250.0, "median_tpot_ms": 9.5} for shape in opts["--shapes"].split(",")
+                  for c in map(int, opts["--concurrency"].split(","))]  # fmt: skip
+        (tmp_path / "sweep" / "speed.json").write_text(json.dumps({"points": points, "failure": None}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(rehearse.subprocess, "run", eval_speed)
+    points = rehearse.speed_sweep("http://127.0.0.1:1", "m", tmp_path / "ckpt", [1, 8], tmp_path / "sweep")
+    assert runs[0][1:4] == ["-m", "eval", "speed"] and "--concurrency" in runs[0] and "1,8" in runs[0]
+    assert [(p["shape"], p["concurrency"], p["output_tok_s"]) for p in points] == [
+        ("in4000-out200", 1, 100.0), ("in4000-out200", 8, 800.0), ("in512-out128", 1, 100.0), ("in512-out128", 8, 800.0)]
+    rehearse.print_table([{"recipe": "qwen3.6-35b-int8-h100", "layers": 40, "speed": points}])
+    assert "Speed sweep" in capsys.readouterr().out
+
+    monkeypatch.setattr(rehearse.subprocess, "run", lambda command, env: subprocess.CompletedProcess(command, 3))
+    assert rehearse.speed_sweep("http://127.0.0.1:1", "m", tmp_path, [1], tmp_path / "failed") == (
+        f"eval speed exit 3; see {tmp_path / 'failed'}")
+
+
+def test_a_saved_row_is_rerun_only_when_it_lacks_what_this_run_asks() -> None:
+    row = {"recipe": "r", "layers": 40, "ready_s": 90, "speed": [{"concurrency": 1}, {"concurrency": 8}]}
+    assert rehearse.covers(row, "r", 40, [1, 8], restart=False)
+    assert not rehearse.covers(row, "r", 40, [1, 64], restart=False)  # a concurrency not swept yet
+    assert not rehearse.covers(row, "r", 40, [], restart=True)  # not restarted yet
+    assert not rehearse.covers(row, "r", 16, [], restart=False) and not rehearse.covers({**row, "error": "x"}, "r", 40, [], False)
+
+
+def test_compiled_kernels_are_counted_in_the_caches_a_first_start_fills(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setenv("TVM_FFI_CACHE_DIR", str(tmp_path / "tvm-ffi"))
+    assert rehearse.compiled_kernels_on_host() == 0  # a fresh host: neither cache exists
+    (tmp_path / "triton" / "abc").mkdir(parents=True)
+    (tmp_path / "triton" / "abc" / "kernel.cubin").write_bytes(b"x")
+    (tmp_path / "tvm-ffi").mkdir()
+    (tmp_path / "tvm-ffi" / "marlin.so").write_bytes(b"x")
+    assert rehearse.compiled_kernels_on_host() == 2

@@ -3,12 +3,16 @@ of what one of its GPUs holds (`qwen3.5-397b-a17b-tp4`, a quarter of the 397B, f
 whole 35B-A3B for the one-GPU ones), through the launcher exactly as a user runs it (`python -m launch
 RECIPE --stand-in sm90 --set tp-size=1 --set ep-size=1 --set model.path=DIR`, with the launcher's own
 hardware and memory checks), then: chat through the OpenAI SDK (plain, streamed, with a tool, with an
-image), the accept length of a speculative recipe, the GPU memory the server holds, and a clean stop (the
-GPU's memory back to what it was).
+image), the accept length of a speculative recipe, the GPU memory the server holds against the recipe's
+`hardware.min_memory_gib`, and a clean stop (the GPU's memory back to what it was). `--concurrency` adds the
+speed sweep (`python -m eval speed`, card 003's prompt shapes) while it serves; `--restart` starts it once
+more, for the ready time of a host that has compiled its kernels (the first start's row says how many
+compiled kernels the host held before it: none on a fresh one).
 
     python -m tests.gpu.rehearse [--recipes qwen3.5-397b-nvfp4-rtxpro6000-mtp,...] [--layers 4] [--out DIR]
     python -m tests.gpu.rehearse --recipes qwen3.6-35b-bf16-h100 --layers 40 --checkpoints /dev/shm   # 70 GB of BF16
     python -m tests.gpu.rehearse --recipes qwen3.6-35b-int8-h100 --checkpoint DIR   # e.g. sglang_ext.quantize's output
+    python -m tests.gpu.rehearse --recipes qwen3.5-397b-nvfp4-rtxpro6000 --layers 16 --restart --concurrency 1,8,32,64
 
 Results go to OUT/rehearse.json after every recipe (a run cut short keeps what finished) and as a table.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -26,8 +31,11 @@ from rich.console import Console
 from rich.table import Table
 
 from eval.perf.bench_decode import ensure_checkpoint
+from eval.perf.bench_serving import require_importable, speed_command
 from eval.perf.bench_spec import accept_length
+from eval.speed import concurrency_list
 from launch.recipe import load_recipe
+from launch.server import repo_python_path
 from sglang_ext.fixtures import FORMATS as FIXTURE_FORMATS
 from tests.gpu import conformance_images as images
 from tests.gpu.serving import ServerDidNotStart, served
@@ -71,6 +79,27 @@ def chat_checks(base_url: str, model: str) -> dict[str, object]:
             "image_tokens": image.usage.completion_tokens}  # fmt: skip
 
 
+def compiled_kernels_on_host() -> int:
+    """Files in the caches a first start fills (Triton's kernels, SGLang's JIT-built modules): 0 on a fresh host."""
+    roots = [Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache")),
+             Path(os.environ.get("TVM_FFI_CACHE_DIR", Path.home() / ".cache" / "tvm-ffi"))]  # fmt: skip
+    return sum(1 for root in roots if root.is_dir() for path in root.rglob("*") if path.is_file())
+
+
+def speed_sweep(base_url: str, model: str, checkpoint: Path, concurrency: list[int], out: Path) -> list[dict] | str:
+    """`python -m eval speed` against a serving recipe: per (prompt shape, concurrency) output tok/s, median TTFT
+    and TPOT; or why it failed. Its full records stay in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(speed_command(base_url, model, checkpoint, concurrency, out),
+                          env={**os.environ, "PYTHONPATH": repo_python_path()})  # fmt: skip
+    speed = out / "speed.json"
+    if done.returncode != 0 or not speed.is_file():
+        return f"eval speed exit {done.returncode}; see {out}"
+    return [{"shape": p["shape"], "concurrency": p["concurrency"], "output_tok_s": round(p["output_throughput"], 1),
+             "median_ttft_ms": p["median_ttft_ms"], "median_tpot_ms": p["median_tpot_ms"]}
+            for p in json.loads(speed.read_text())["points"]]  # fmt: skip
+
+
 def checkpoint_layers(checkpoint: Path) -> int:
     config = json.loads((checkpoint / "config.json").read_text())
     return int(config.get("text_config", config)["num_hidden_layers"])
@@ -89,7 +118,8 @@ def one_gpu_shape(recipe: str) -> str:
 
 
 def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path | None = None,
-             extra_sets: tuple[str, ...] = (), checkpoints: Path | None = None) -> dict[str, object]:
+             extra_sets: tuple[str, ...] = (), checkpoints: Path | None = None, concurrency: list[int] = (),
+             restart: bool = False) -> dict[str, object]:  # fmt: skip
     loaded = load_recipe(recipe, ["tp-size=1", "ep-size=1"], stand_in="sm90")
     drafting = bool(loaded.recipe.server_args.get("speculative-algorithm"))
     fmt = loaded.recipe.checkpoint_format
@@ -104,35 +134,64 @@ def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path
         checkpoint, layers = given, checkpoint_layers(given)
     idle = gpu_memory_used_mib()
     row: dict[str, object] = {"recipe": recipe, "layers": layers, "checkpoint": str(checkpoint), "checkpoint_gib": round(
-        sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 2**30, 1)}
+        sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 2**30, 1),
+        "min_memory_gib": loaded.recipe.hardware.min_memory_gib, "kernel_cache_files": compiled_kernels_on_host()}  # fmt: skip
     sets = launcher_sets(recipe, checkpoint, extra_sets)
+    model = loaded.recipe.model.served_name
     try:
         with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90")) as server:
             row["ready_s"] = round(server.ready_s)
             row["memory_plan"] = next((line.strip() for line in server.launcher_lines if line.startswith("memory:")), None)
             row["gpu_used_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
             try:
-                row.update(chat_checks(server.base_url, loaded.recipe.model.served_name))
+                row.update(chat_checks(server.base_url, model))
             except APIError as error:
                 row["error"] = f"chat: {error}"
             if drafting:
                 row["accept_length"] = accept_length(server.base_url)
+            if concurrency:
+                swept = speed_sweep(server.base_url, model, checkpoint, list(concurrency), out / "speed" / f"{recipe}-{layers}L")
+                row["speed" if isinstance(swept, list) else "error"] = swept
+        time.sleep(5)
+        row["gpu_after_stop_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
+        if restart:
+            with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90")) as server:
+                row["ready_again_s"] = round(server.ready_s)
     except ServerDidNotStart as error:
         row["error"] = str(error)[-2000:]
-    time.sleep(5)
-    row["gpu_after_stop_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
     return row
+
+
+def covers(row: dict, recipe: str, layers: int, concurrency: list[int], restart: bool) -> bool:
+    """A saved row that already answers this run for `recipe`: same depth, no error, swept and restarted if asked."""
+    swept = {p["concurrency"] for p in row.get("speed", [])}
+    return (row["recipe"] == recipe and row["layers"] == layers and "error" not in row
+            and set(concurrency) <= swept and (not restart or "ready_again_s" in row))  # fmt: skip
 
 
 def print_table(rows: list[dict]) -> None:
     table = Table(title="Seed recipes as Hopper stand-ins at TP1 (one H200)", title_justify="left")
-    columns = ("recipe", "layers", "checkpoint_gib", "ready_s", "gpu_used_gib", "chat_tokens", "stream_chunks",
-               "tools_finish", "image_prompt_tokens", "accept_length", "gpu_after_stop_gib", "error")  # fmt: skip
+    columns = ("recipe", "layers", "checkpoint_gib", "kernel_cache_files", "ready_s", "ready_again_s", "gpu_used_gib",
+               "min_memory_gib", "chat_tokens", "stream_chunks", "tools_finish", "image_prompt_tokens", "accept_length",
+               "gpu_after_stop_gib", "error")  # fmt: skip
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(str(row.get(c, "-")) for c in columns))
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    swept = [row for row in rows if isinstance(row.get("speed"), list)]
+    if not swept:
+        return
+    speed = Table(title="Speed sweep (eval speed: bench_serving, random ids)", title_justify="left")
+    for column in ("recipe", "layers", "prompt shape", "concurrency", "output tok/s", "median TTFT ms", "median TPOT ms"):
+        speed.add_column(column, justify="right")
+    for row in swept:
+        for p in row["speed"]:
+            speed.add_row(row["recipe"], str(row["layers"]), p["shape"], str(p["concurrency"]), f"{p['output_tok_s']:.1f}",
+                          f"{p['median_ttft_ms']:.0f}" if p["median_ttft_ms"] else "-",
+                          f"{p['median_tpot_ms']:.2f}" if p["median_tpot_ms"] else "-")  # fmt: skip
+    console.print(speed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,18 +208,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a further launcher --set for every recipe "
                              "(e.g. mem-fraction-static=0.35 beside other servers)")
+    parser.add_argument("--concurrency", type=concurrency_list, default=[], metavar="LIST",
+                        help="also sweep each server with python -m eval speed at these concurrencies, e.g. 1,8,32,64")
+    parser.add_argument("--restart", action="store_true",
+                        help="start each recipe a second time: its ready time with the host's kernels compiled")
     parser.add_argument("--out", type=Path, default=Path("runs/rehearse"))
     args = parser.parse_args(argv)
     if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no config.json there")
+    if args.concurrency:
+        require_importable(parser)
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "rehearse.json"
     rows = json.loads(results.read_text()) if results.exists() else []
     layers = args.layers if args.checkpoint is None else checkpoint_layers(args.checkpoint)
     for recipe in args.recipes.split(","):
-        if any(r["recipe"] == recipe and r["layers"] == layers and "error" not in r for r in rows):
+        if any(covers(r, recipe, layers, args.concurrency, args.restart) for r in rows):
             continue
-        rows.append(rehearse(recipe, layers, args.out, args.acceptance, args.checkpoint, tuple(args.sets), args.checkpoints))
+        rows.append(rehearse(recipe, layers, args.out, args.acceptance, args.checkpoint, tuple(args.sets), args.checkpoints,
+                             args.concurrency, args.restart))  # fmt: skip
         results.write_text(json.dumps(rows, indent=1) + "\n")
         print(json.dumps(rows[-1]), flush=True)
     print_table(rows)
