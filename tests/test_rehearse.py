@@ -93,9 +93,15 @@ def test_a_saved_row_is_rerun_only_when_it_lacks_what_this_run_asks() -> None:
 def test_compiled_kernels_are_counted_in_the_caches_a_first_start_fills(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     monkeypatch.setenv("TVM_FFI_CACHE_DIR", str(tmp_path / "tvm-ffi"))
-    assert rehearse.compiled_kernels_on_host() == 0  # a fresh host: neither cache exists
-    (tmp_path / "triton" / "abc").mkdir(parents=True)
-    (tmp_path / "triton" / "abc" / "kernel.cubin").write_bytes(b"x")
+    assert rehearse.compiled_kernels_on_host() == "0/0"  # a fresh host: neither cache exists
+    for name in ("abc/kernel.cubin", "abc/kernel.json", "def/kernel.cubin"):
+        (tmp_path / "triton" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "triton" / name).write_bytes(b"x")
     (tmp_path / "tvm-ffi").mkdir()
     (tmp_path / "tvm-ffi" / "marlin.so").write_bytes(b"x")
-    assert rehearse.compiled_kernels_on_host() == 2
+    assert rehearse.compiled_kernels_on_host() == "3/1"
+    # --fresh-kernel-cache: an empty Triton cache of the recipe's own; SGLang's JIT modules stay shared
+    empty = rehearse.fresh_cache(tmp_path / "triton")
+    assert rehearse.compiled_kernels_on_host({"TRITON_CACHE_DIR": str(empty)}) == "0/1"
+    assert rehearse.covers({"recipe": "r", "layers": 4, "cached_kernels": "0/1"}, "r", 4, [], False, fresh=True)
+    assert not rehearse.covers({"recipe": "r", "layers": 4, "cached_kernels": "3/1"}, "r", 4, [], False, fresh=True)

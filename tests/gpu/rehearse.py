@@ -7,7 +7,8 @@ image), the accept length of a speculative recipe, the GPU memory the server hol
 `hardware.min_memory_gib`, and a clean stop (the GPU's memory back to what it was). `--concurrency` adds the
 speed sweep (`python -m eval speed`, card 003's prompt shapes) while it serves; `--restart` starts it once
 more, for the ready time of a host that has compiled its kernels (the first start's row says how many
-compiled kernels the host held before it: none on a fresh one).
+compiled kernels the host held before it: none on a fresh one); `--fresh-kernel-cache` gives each recipe an
+empty Triton cache of its own under OUT, so that its first start is a fresh host's on any host.
 
     python -m tests.gpu.rehearse [--recipes qwen3.5-397b-nvfp4-rtxpro6000-mtp,...] [--layers 4] [--out DIR]
     python -m tests.gpu.rehearse --recipes qwen3.6-35b-bf16-h100 --layers 40 --checkpoints /dev/shm   # 70 GB of BF16
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -79,11 +81,13 @@ def chat_checks(base_url: str, model: str) -> dict[str, object]:
             "image_tokens": image.usage.completion_tokens}  # fmt: skip
 
 
-def compiled_kernels_on_host() -> int:
-    """Files in the caches a first start fills (Triton's kernels, SGLang's JIT-built modules): 0 on a fresh host."""
-    roots = [Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache")),
-             Path(os.environ.get("TVM_FFI_CACHE_DIR", Path.home() / ".cache" / "tvm-ffi"))]  # fmt: skip
-    return sum(1 for root in roots if root.is_dir() for path in root.rglob("*") if path.is_file())
+def compiled_kernels_on_host(env: dict[str, str] | None = None) -> str:
+    """Files in the caches a first start fills, "TRITON/JIT" (Triton's kernels, SGLang's JIT-built modules such
+    as Marlin's): "0/0" on a fresh host."""
+    env = {**os.environ, **(env or {})}
+    roots = [Path(env.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache")),
+             Path(env.get("TVM_FFI_CACHE_DIR", Path.home() / ".cache" / "tvm-ffi"))]  # fmt: skip
+    return "/".join(str(sum(1 for path in root.rglob("*") if path.is_file()) if root.is_dir() else 0) for root in roots)
 
 
 def speed_sweep(base_url: str, model: str, checkpoint: Path, concurrency: list[int], out: Path) -> list[dict] | str:
@@ -98,6 +102,13 @@ def speed_sweep(base_url: str, model: str, checkpoint: Path, concurrency: list[i
     return [{"shape": p["shape"], "concurrency": p["concurrency"], "output_tok_s": round(p["output_throughput"], 1),
              "median_ttft_ms": p["median_ttft_ms"], "median_tpot_ms": p["median_tpot_ms"]}
             for p in json.loads(speed.read_text())["points"]]  # fmt: skip
+
+
+def fresh_cache(directory: Path) -> Path:
+    """`directory`, emptied."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
 
 
 def checkpoint_layers(checkpoint: Path) -> int:
@@ -119,7 +130,7 @@ def one_gpu_shape(recipe: str) -> str:
 
 def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path | None = None,
              extra_sets: tuple[str, ...] = (), checkpoints: Path | None = None, concurrency: list[int] = (),
-             restart: bool = False) -> dict[str, object]:  # fmt: skip
+             restart: bool = False, fresh_kernel_cache: bool = False) -> dict[str, object]:  # fmt: skip
     loaded = load_recipe(recipe, ["tp-size=1", "ep-size=1"], stand_in="sm90")
     drafting = bool(loaded.recipe.server_args.get("speculative-algorithm"))
     fmt = loaded.recipe.checkpoint_format
@@ -132,14 +143,16 @@ def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path
         checkpoint = ensure_checkpoint(checkpoints or out, shape, layers, fmt, share)
     else:
         checkpoint, layers = given, checkpoint_layers(given)
+    # SGLang's JIT-built modules (Marlin: minutes of nvcc) stay shared: only Triton's kernels depend on what is captured
+    env = {"TRITON_CACHE_DIR": str(fresh_cache(out / "triton-cache" / f"{recipe}-{layers}L"))} if fresh_kernel_cache else {}
     idle = gpu_memory_used_mib()
     row: dict[str, object] = {"recipe": recipe, "layers": layers, "checkpoint": str(checkpoint), "checkpoint_gib": round(
         sum(f.stat().st_size for f in checkpoint.glob("*.safetensors")) / 2**30, 1),
-        "min_memory_gib": loaded.recipe.hardware.min_memory_gib, "kernel_cache_files": compiled_kernels_on_host()}  # fmt: skip
+        "min_memory_gib": loaded.recipe.hardware.min_memory_gib, "cached_kernels": compiled_kernels_on_host(env)}  # fmt: skip
     sets = launcher_sets(recipe, checkpoint, extra_sets)
     model = loaded.recipe.model.served_name
     try:
-        with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90")) as server:
+        with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90"), env=env) as server:
             row["ready_s"] = round(server.ready_s)
             row["memory_plan"] = next((line.strip() for line in server.launcher_lines if line.startswith("memory:")), None)
             row["gpu_used_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
@@ -155,23 +168,24 @@ def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path
         time.sleep(5)
         row["gpu_after_stop_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
         if restart:
-            with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90")) as server:
+            with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90"), env=env) as server:
                 row["ready_again_s"] = round(server.ready_s)
     except ServerDidNotStart as error:
         row["error"] = str(error)[-2000:]
     return row
 
 
-def covers(row: dict, recipe: str, layers: int, concurrency: list[int], restart: bool) -> bool:
-    """A saved row that already answers this run for `recipe`: same depth, no error, swept and restarted if asked."""
+def covers(row: dict, recipe: str, layers: int, concurrency: list[int], restart: bool, fresh: bool = False) -> bool:
+    """A saved row that already answers this run for `recipe`: same depth, no error, swept, restarted and started
+    on an empty Triton cache if asked."""
     swept = {p["concurrency"] for p in row.get("speed", [])}
-    return (row["recipe"] == recipe and row["layers"] == layers and "error" not in row
-            and set(concurrency) <= swept and (not restart or "ready_again_s" in row))  # fmt: skip
+    return (row["recipe"] == recipe and row["layers"] == layers and "error" not in row and set(concurrency) <= swept
+            and (not restart or "ready_again_s" in row) and (not fresh or row.get("cached_kernels", "").startswith("0/")))  # fmt: skip
 
 
 def print_table(rows: list[dict]) -> None:
     table = Table(title="Seed recipes as Hopper stand-ins at TP1 (one H200)", title_justify="left")
-    columns = ("recipe", "layers", "checkpoint_gib", "kernel_cache_files", "ready_s", "ready_again_s", "gpu_used_gib",
+    columns = ("recipe", "layers", "checkpoint_gib", "cached_kernels", "ready_s", "ready_again_s", "gpu_used_gib",
                "min_memory_gib", "chat_tokens", "stream_chunks", "tools_finish", "image_prompt_tokens", "accept_length",
                "gpu_after_stop_gib", "error")  # fmt: skip
     for column in columns:
@@ -212,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also sweep each server with python -m eval speed at these concurrencies, e.g. 1,8,32,64")
     parser.add_argument("--restart", action="store_true",
                         help="start each recipe a second time: its ready time with the host's kernels compiled")
+    parser.add_argument("--fresh-kernel-cache", action="store_true",
+                        help="each recipe's first start compiles its Triton kernels into an empty cache (a fresh host's start)")
     parser.add_argument("--out", type=Path, default=Path("runs/rehearse"))
     args = parser.parse_args(argv)
     if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
@@ -223,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = json.loads(results.read_text()) if results.exists() else []
     layers = args.layers if args.checkpoint is None else checkpoint_layers(args.checkpoint)
     for recipe in args.recipes.split(","):
-        if any(covers(r, recipe, layers, args.concurrency, args.restart) for r in rows):
+        if any(covers(r, recipe, layers, args.concurrency, args.restart, args.fresh_kernel_cache) for r in rows):
             continue
         rows.append(rehearse(recipe, layers, args.out, args.acceptance, args.checkpoint, tuple(args.sets), args.checkpoints,
-                             args.concurrency, args.restart))  # fmt: skip
+                             args.concurrency, args.restart, args.fresh_kernel_cache))  # fmt: skip
         results.write_text(json.dumps(rows, indent=1) + "\n")
         print(json.dumps(rows[-1]), flush=True)
     print_table(rows)

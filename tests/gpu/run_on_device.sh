@@ -57,8 +57,9 @@ case "${1:-}" in
       echo "== $(basename "$job"): $( [ -e "$job/exit" ] && echo "exit $(cat "$job/exit")" || echo running)"
       tail -n "${TAIL:-8}" "$job/log" | cut -c1-300
     done
-    # weights stay behind: checkpoints, and the conformance suite's dequantized references (a returned file is at most 16 MiB)
-    tar -czf "$LOGS/jobs.tgz" --exclude='*/repo' --exclude='*/checkpoints' --exclude='*.safetensors' -C "$JOBS" . 2>/dev/null
+    # weights and kernels stay behind: checkpoints, the conformance suite's dequantized references, rehearse's
+    # Triton caches (a returned file is at most 16 MiB)
+    tar -czf "$LOGS/jobs.tgz" --exclude='*/repo' --exclude='*/checkpoints' --exclude='*/triton-cache' --exclude='*.safetensors' -C "$JOBS" . 2>/dev/null
     save_jit
     exit 0 ;;
 esac

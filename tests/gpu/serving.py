@@ -4,6 +4,7 @@ script: wait until it is ready, post to it, stop it and everything it spawned.""
 import contextlib
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import socket
@@ -70,15 +71,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(recipe: str, sets: list[str], log_dir: Path, timeout_s: int = 600, flags: tuple[str, ...] = ()) -> Iterator[Server]:
+def served(recipe: str, sets: list[str], log_dir: Path, timeout_s: int = 600, flags: tuple[str, ...] = (),
+           env: dict[str, str] | None = None) -> Iterator[Server]:  # fmt: skip
     """The launcher serving `recipe` with `--set` items `sets` (and launcher `flags`, e.g. `--stand-in sm90`)
-    on a free port; stopped (SIGTERM to the launcher, which stops its process group) on exit.
+    on a free port, with `env` on top of this process's environment; stopped (SIGTERM to the launcher, which
+    stops its process group) on exit.
     ServerDidNotStart carries the launcher's last lines."""
     port = free_port()
     command = [sys.executable, "-m", "launch", recipe, "--log-dir", str(log_dir), "--timeout", str(timeout_s), *flags,
                *[arg for item in (f"port={port}", *sets) for arg in ("--set", item)]]  # fmt: skip
     started = time.monotonic()
-    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **(env or {})})  # fmt: skip
     lines: list[str] = []
     try:
         for line in launcher.stdout:
