@@ -3,6 +3,7 @@ saved-case path (a split or interrupted sweep resumes, and the table's ratios co
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,11 +15,11 @@ from sglang_ext.fixtures import STAMP_FILE, write_fixture
 
 
 def test_options_come_from_the_tiny_recipe_with_sets_on_top() -> None:
-    ct = bench_decode.server_args("ct-mxfp4", [])
+    ct = bench_decode.recipe_options("ct-mxfp4", []).server_cli
     assert "--moe-runner-backend" not in ct and "--mem-fraction-static" in ct  # the recipe's auto
-    ct = bench_decode.server_args("ct-mxfp4", ["moe-runner-backend=marlin"])
+    ct = bench_decode.recipe_options("ct-mxfp4", ["moe-runner-backend=marlin"]).server_cli
     assert ct[ct.index("--moe-runner-backend") + 1] == "marlin"
-    nvfp4 = bench_decode.server_args("modelopt-nvfp4", [])
+    nvfp4 = bench_decode.recipe_options("modelopt-nvfp4", []).server_cli
     assert nvfp4[nvfp4.index("--quantization") + 1] == "modelopt_fp4"
 
 
@@ -82,7 +83,7 @@ def test_benchmark_checkpoints_hold_every_prompt_id_one_batch_draws() -> None:
 
 
 def _setup(fmt: str, *sets: str, shape: str = "qwen3.5-35b-a3b") -> dict:
-    return {"shape": shape, "layers": 20, "server_args": bench_decode.server_args(fmt, list(sets))}
+    return {"shape": shape, "layers": 20, "server_args": bench_decode.recipe_options(fmt, list(sets)).server_cli}
 
 
 def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float], floor: float = 0.5, setup: dict | None = None) -> None:
@@ -144,6 +145,29 @@ def test_a_variant_is_its_formats_options_with_its_items_on_top() -> None:
     labels = [(c.label, c.slug) for c in bench_decode.cases(["bf16", "ct-mxfp4"], False, [("bf16", "compile"), ("ct-mxfp4", "tri")])]
     assert ("bf16 fse (compile)", "bf16-fse-compile") in labels and ("ct-mxfp4 (tri)", "ct-mxfp4-tri") in labels
     assert len(labels) == 5
+
+
+def test_an_environment_variant_runs_one_batch_with_its_variable_and_is_saved_apart(tmp_path: Path, monkeypatch) -> None:
+    """`--variant gemv=bf16:env.SGLANG_EXT_SMALL_M_GEMV=1`: same SGLang options as BF16, the variable in one_batch's
+    environment, and a saved BF16 case does not stand in for it."""
+    options = _variant_options("--formats", "bf16", "--variant", "gemv=bf16:env.SGLANG_EXT_SMALL_M_GEMV=1")
+    gemv = options["bf16:gemv"]
+    plain = bench_decode.recipe_options("bf16", gemv.sets[:-1])  # the format's own options
+    assert gemv.server_cli == plain.server_cli and gemv.env == {"SGLANG_EXT_SMALL_M_GEMV": "1"} and plain.env == {}
+    assert gemv.setup() != plain.setup() and plain.setup() == {"server_args": plain.server_cli}
+
+    seen = {}
+
+    def one_batch(command, env, stdout, stderr, timeout):
+        seen.update(env)
+        result = Path(command[command.index("--result-filename") + 1])
+        result.write_text(json.dumps({"batch_size": 1, "latency": 0.1}) + "\n")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bench_decode.subprocess, "run", one_batch)
+    case = bench_decode.Case("bf16", True, variant="gemv")
+    assert bench_decode.run_case(tmp_path / "ckpt", gemv, case, [1], tmp_path)[1]["latency"] == 0.1
+    assert seen["SGLANG_EXT_SMALL_M_GEMV"] == "1" and "SGLANG_EXTERNAL_MODEL_PACKAGE" in seen
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,7 @@ def test_trace_name_is_one_batchs() -> None:
 def test_saved_traces_are_summarised_without_a_gpu(tmp_path: Path, monkeypatch, capsys) -> None:
     traces = tmp_path / "traces" / "qwen3.5-35b-a3b-20L"
     traces.mkdir(parents=True)
-    setup = {"server_args": bench_decode.server_args("bf16", []), "steps": 1}
+    setup = {"server_args": bench_decode.recipe_options("bf16", []).server_cli, "steps": 1}
     for case, events in ((bench_decode.Case("bf16", True), [_kernel("fused_moe_kernel", 0.0, 25.0)]),
                          (bench_decode.Case("bf16", False), [])):  # fmt: skip
         with gzip.open(profile_decode.trace_file(traces, case, 1), "wt") as handle:

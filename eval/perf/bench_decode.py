@@ -31,6 +31,8 @@ it fuses) again with the option on top, as case "FORMAT fse (NAME)", and the tab
 the format's own options from the same run ("× default"). Items with one NAME add up, and one NAME may
 cover several formats, e.g. `--variant compile=bf16:enable-torch-compile=true
 --variant compile=quark-w8a8-int8:enable-torch-compile=true --variant fi=bf16:attention-backend=flashinfer`.
+An item may set a recipe's environment variable instead, e.g. `--variant gemv=bf16:env.SGLANG_EXT_SMALL_M_GEMV=1`
+(sglang_ext's small-M GEMV against SGLang's path, in one run).
 """
 
 from __future__ import annotations
@@ -92,9 +94,22 @@ def real_shape_sets(fmt: str) -> tuple[str, ...]:
     return ()
 
 
-def server_args(fmt: str, sets: list[str]) -> list[str]:
-    """SGLang options for `fmt`: its tiny recipe's server_args, the GPU's memory, then `sets` (KEY=VALUE)."""
-    return load_recipe(tiny_recipe(fmt), [MEM_FRACTION, *sets]).server_cli
+def recipe_options(fmt: str, sets: list[str]) -> FormatOptions:
+    """SGLang options and environment for `fmt`: its tiny recipe's, the GPU's memory, then `sets` (KEY=VALUE,
+    env.VAR=VALUE among them)."""
+    recipe = load_recipe(tiny_recipe(fmt), [MEM_FRACTION, *sets])
+    return FormatOptions(list(sets), recipe.server_cli, dict(recipe.recipe.env))
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    sets: list[str]  # the --set KEY=VALUE items for this format: overrides of its tiny recipe
+    server_cli: list[str]  # what they make of the recipe's SGLang options
+    env: dict[str, str]  # the recipe's environment variables (env.VAR=VALUE): one_batch runs with them
+
+    def setup(self) -> dict[str, object]:
+        """What a saved case must have run with to count for these options."""
+        return {"server_args": self.server_cli, **({"env": self.env} if self.env else {})}
 
 
 @dataclass(frozen=True)
@@ -263,10 +278,11 @@ def one_batch(checkpoint: Path, args: list[str], case: Case, batches: list[int],
         raise RuntimeError(f"sglang.benchmark.one_batch failed for {case.label} ({log}):\n" + "\n".join(tail))
 
 
-def run_case(checkpoint: Path, args: list[str], case: Case, batches: list[int], out: Path) -> dict[int, dict]:
+def run_case(checkpoint: Path, options: FormatOptions, case: Case, batches: list[int], out: Path) -> dict[int, dict]:
     result_file = out / f"{case.slug}.jsonl"
     result_file.unlink(missing_ok=True)
-    one_batch(checkpoint, args, case, batches, ["--result-filename", str(result_file)], out / f"{case.slug}.log")
+    one_batch(checkpoint, options.server_cli, case, batches, ["--result-filename", str(result_file)], out / f"{case.slug}.log",
+              options.env)  # fmt: skip
     rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
     measured = {row["batch_size"]: row for row in rows}
     if missing := sorted(set(batches) - set(measured)):  # one_batch skips sizes its KV pool cannot hold
@@ -371,10 +387,6 @@ def measurable(pending: list[Case]) -> tuple[list[Case], dict[str, str]]:
     return [], {case.label: NO_GPU for case in pending}
 
 
-@dataclass(frozen=True)
-class FormatOptions:
-    sets: list[str]  # the --set KEY=VALUE items for this format: overrides of its tiny recipe
-    server_cli: list[str]  # what they make of the recipe's SGLang options
 
 
 def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, FormatOptions]:
@@ -390,7 +402,7 @@ def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         for fmt in formats:
             real = real_shape_sets(fmt) if args.shape != "tiny" else ()
             sets = [*real, *(kv for name, kv in pairs if name == fmt)]
-            options[fmt] = FormatOptions(sets, server_args(fmt, sets))
+            options[fmt] = recipe_options(fmt, sets)
     except LaunchError as error:
         parser.error(str(error))
     return options
@@ -414,7 +426,7 @@ def variant_options(parser: argparse.ArgumentParser, args: argparse.Namespace, o
     for (fmt, name), items in grouped.items():
         sets = [*options[fmt].sets, *items]
         try:
-            out[f"{fmt}:{name}"] = FormatOptions(sets, server_args(fmt, sets))
+            out[f"{fmt}:{name}"] = recipe_options(fmt, sets)
         except LaunchError as error:
             parser.error(f"--variant {name}={fmt}:{' '.join(items)}: {error}")
     return out
@@ -436,7 +448,7 @@ def main() -> int:
     options = format_options(parser, args)
     options.update(variant_options(parser, args, options))
     variants = [tuple(key.split(":", 1)) for key in options if ":" in key]
-    setups = {key: {"shape": args.shape, "layers": args.layers, "server_args": o.server_cli} for key, o in options.items()}
+    setups = {key: {"shape": args.shape, "layers": args.layers, **o.setup()} for key, o in options.items()}
 
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "cases"
@@ -448,7 +460,7 @@ def main() -> int:
         print(f"HBM bandwidth (copy): {bandwidth:.0f} GB/s; {len(todo)} cases to run", flush=True)
 
     def measure(case: Case, checkpoint: Path) -> None:
-        measured = run_case(checkpoint, options[case.options_key].server_cli, case, batches, args.out)
+        measured = run_case(checkpoint, options[case.options_key], case, batches, args.out)
         rows = case_rows(case, measured, checkpoint, args.layers, bandwidth)
         save_case(saved / f"{case.slug}.json", case.options_key, rows, setups[case.options_key], bandwidth)
 

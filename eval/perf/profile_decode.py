@@ -114,13 +114,13 @@ def trace_file(traces: Path, case: bench_decode.Case, batch: int) -> Path:
     return traces / f"{case.slug}_batch{batch}_input256_output16_decode.trace.json.gz"
 
 
-def profile_case(checkpoint: Path, args: list[str], case: bench_decode.Case, batches: list[int], steps: int,
-                 traces: Path, setup: dict) -> None:  # fmt: skip
+def profile_case(checkpoint: Path, options: bench_decode.FormatOptions, case: bench_decode.Case, batches: list[int],
+                 steps: int, traces: Path, setup: dict) -> None:  # fmt: skip
     traces.mkdir(parents=True, exist_ok=True)
     extra = ["--output-len", "16", "--profile", "--profile-stage", "decode", "--profile-steps", str(steps),
              "--profile-prefix", case.slug]  # fmt: skip
-    bench_decode.one_batch(checkpoint, args, case, batches, extra, traces / f"{case.slug}.log",
-                           env={"SGLANG_TORCH_PROFILER_DIR": str(traces)})  # fmt: skip
+    bench_decode.one_batch(checkpoint, options.server_cli, case, batches, extra, traces / f"{case.slug}.log",
+                           env={**options.env, "SGLANG_TORCH_PROFILER_DIR": str(traces)})  # fmt: skip
     if missing := [b for b in batches if not trace_file(traces, case, b).exists()]:
         raise RuntimeError(f"one_batch wrote no decode trace for {case.label} at batch {missing} (see {traces})")
     setup_file(traces, case).write_text(json.dumps(setup) + "\n")
@@ -183,11 +183,11 @@ def main() -> int:
     todo = [c for c in bench_decode.cases(formats, False) if c.fse is None or c.fse in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
     traces = args.out / "traces" / f"{args.shape}-{args.layers}L"
-    setup = {fmt: {"server_args": o.server_cli, "steps": args.steps} for fmt, o in options.items()}
+    setup = {fmt: {**o.setup(), "steps": args.steps} for fmt, o in options.items()}
     pending, unmeasured = bench_decode.measurable([c for c in todo if not traced(traces, c, batches, setup[c.fmt])])
 
     def measure(case: bench_decode.Case, checkpoint: Path) -> None:
-        profile_case(checkpoint, options[case.fmt].server_cli, case, batches, args.steps, traces, setup[case.fmt])
+        profile_case(checkpoint, options[case.fmt], case, batches, args.steps, traces, setup[case.fmt])
 
     failures = {**unmeasured, **bench_decode.run_cases(args.out, args.shape, args.layers, pending, measure)}
     profiles = []
