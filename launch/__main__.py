@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="rehearse the recipe on GPU architecture ARCH (e.g. sm90) with the substitutions it lists "
                         "under stand_ins; everything else stays as the recipe says")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the command and environment; start nothing")
+    p.add_argument("--prepare", action="store_true",
+                   help="start it until ready, then stop: a host's first start compiles kernels and captures CUDA "
+                        "graphs (minutes), and the next start reuses what it compiled (e.g. while building an image)")  # fmt: skip
     p.add_argument("--replicas", type=int, metavar="N", help="N servers behind smg's router (same as --set topology.replicas=N)")
     p.add_argument("--node-rank", type=int, metavar="K", help="this host's rank in a multi-node recipe (topology.nodes)")
     p.add_argument("--dist-init-addr", metavar="HOST:PORT", help="a multi-node recipe's rendezvous: node 0's address and a free port")
@@ -212,7 +215,7 @@ def launch(args: argparse.Namespace) -> int:
     for _, plan in plans:
         host, port = plan.base_url.removeprefix("http://").rsplit(":", 1)
         server.check_port_free(host, int(port))
-    return _serve(plans, recipe.model.served_name, args.timeout)
+    return _serve(plans, recipe.model.served_name, args.timeout, args.prepare)
 
 
 def _gpu_bytes(recipe, machine: hardware.Machine) -> int | None:
@@ -247,14 +250,20 @@ def _plans(loaded: LoadedRecipe, model_path: str, args: argparse.Namespace, plan
     return [("server", server.plan(loaded, model_path, args.log_dir))]
 
 
-def _serve(plans: list[tuple[str, server.ServerPlan]], served_name: str, timeout_s: float) -> int:
+def _serve(plans: list[tuple[str, server.ServerPlan]], served_name: str, timeout_s: float, prepare: bool = False) -> int:
     """Start every process in order, each ready before the next (replicas sharing a GPU rely on it); serve
-    until the last (the server, or the router) exits or every replica behind it has, then stop them all."""
+    until the last (the server, or the router) exits or every replica behind it has, then stop them all.
+    `prepare`: stop them all once ready."""
     with contextlib.ExitStack() as stack:
         running = []
+        started = time.monotonic()
         for label, plan in plans:
             err.print(f"{label}: log {plan.log_path}")
             running.append((label, plan, stack.enter_context(server.running(plan, timeout_s))))
+        if prepare:
+            err.print(f"[green bold]prepared[/]: ready after {time.monotonic() - started:.0f} s, now stopped; the next start on "
+                      f"this host reuses the kernels compiled now (start-up phases: {plans[0][1].log_path.with_name('startup.log')})")  # fmt: skip
+            return 0
         label, front, front_process = running[-1]
         if front.health:
             err.print(f"[green bold]ready[/] at {front.base_url} ({label}); Ctrl-C stops {'it' if len(running) == 1 else 'all of them'}\n")

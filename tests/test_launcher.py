@@ -162,6 +162,17 @@ def test_leaving_the_context_stops_the_whole_process_group(tmp_path):
                       "ready; SGLang's start-up timings (s): load_weight=1.50, cuda_graph={prefill=1.50}"]  # fmt: skip
 
 
+def test_prepare_starts_the_server_until_ready_then_stops_it_and_its_children(tmp_path, capsys):
+    port, pidfile = free_port(), tmp_path / "pids"
+    plan = _plan(tmp_path, [sys.executable, str(REPO / "tests" / "health_stub.py"), str(port), str(pidfile)], port)
+    assert cli._serve([("server", plan)], "m", 30, prepare=True) == 0
+    assert _wait_dead(int(pidfile.read_text()))
+    said = " ".join(capsys.readouterr().err.split())
+    assert "prepared: ready after" in said and "now stopped" in said and "startup.log" in said
+    assert plan.log_path.with_name("startup.log").read_text().splitlines()[-1].split(" s  ", 1)[1].startswith("ready")
+    assert cli._parser().parse_args(["tiny-bf16", "--prepare"]).prepare
+
+
 def _launcher_of(command: list[str], port: int, tmp_path: Path, stop_grace_s: float = 20) -> subprocess.Popen:
     """A process that serves `command` through server.running, as python -m launch does, and says when it is
     ready and when it has stopped."""
