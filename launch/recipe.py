@@ -60,6 +60,16 @@ def _arch_name(name: str) -> str:
 
 
 ArchName = Annotated[str, AfterValidator(_arch_name)]
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(name: str) -> str:
+    if not ENV_NAME.match(name):
+        raise ValueError(f"{name!r} is not an environment variable name (letters, digits and _, not starting with a digit)")
+    return name
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
 # smg's load-balancing policies (smg/router_args.py COMMON_POLICY_CHOICES, smg 1.13.0).
 RouterPolicy = Literal["random", "round_robin", "cache_aware", "power_of_two", "least_load", "consistent_hashing"]
 
@@ -160,7 +170,7 @@ class StandIn(_Strict):
 
     why: str = Field(description="what the recipe's hardware has that this architecture lacks, for people")
     server_args: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str | None] = Field(default_factory=dict)
+    env: dict[EnvName, str | None] = Field(default_factory=dict)
     min_memory_gib: float | None = Field(None, ge=0, description="per GPU on the stand-in hardware")
 
 
@@ -188,7 +198,7 @@ class Recipe(_Strict):
     hardware: HardwareSpec
     sglang: SGLangSpec
     server_args: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)
     expected: list[ExpectedResult] = Field(default_factory=list)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     topology: Topology = Field(default_factory=Topology)

@@ -343,3 +343,10 @@ def test_each_mtp_recipe_has_a_twin_and_drafts_with_the_checkpoints_mtp_layer(na
     assert (mtp.recipe.model, mtp.recipe.hardware, mtp.recipe.checkpoint_format) == (twin.recipe.model, twin.recipe.hardware, twin.recipe.checkpoint_format)
     if mtp.recipe.hardware.vendor == "amd":
         parse_with_sglang(["--model-path", "m", *load_recipe(name, stand_in="sm90").server_cli])
+
+
+def test_an_environment_variable_name_the_shell_cannot_export_is_refused_naming_the_set():
+    with pytest.raises(LaunchError) as caught:
+        load_recipe("tiny-bf16", ["env.1BAD=1"])
+    assert "--set env.1BAD=1" in str(caught.value) and "'1BAD' is not an environment variable name" in str(caught.value)
+    assert load_recipe("tiny-bf16", ["env.SGLANG_EXT_SMALL_M_GEMV=1"]).recipe.env["SGLANG_EXT_SMALL_M_GEMV"] == "1"
