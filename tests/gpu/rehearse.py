@@ -165,13 +165,16 @@ def rehearse(recipe: str, layers: int, out: Path, acceptance: float, given: Path
             if concurrency:
                 swept = speed_sweep(server.base_url, model, checkpoint, list(concurrency), out / "speed" / f"{recipe}-{layers}L")
                 row["speed" if isinstance(swept, list) else "error"] = swept
-        time.sleep(5)
-        row["gpu_after_stop_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
-        if restart:
-            with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90"), env=env) as server:
-                row["ready_again_s"] = round(server.ready_s)
     except ServerDidNotStart as error:
         row["error"] = str(error)[-2000:]
+    time.sleep(5)
+    row["gpu_after_stop_gib"] = round((gpu_memory_used_mib() - idle) / 1024, 1)
+    if restart and "error" not in row:
+        try:
+            with served(recipe, sets, out / "logs", timeout_s=1500, flags=("--stand-in", "sm90"), env=env) as server:
+                row["ready_again_s"] = round(server.ready_s)
+        except ServerDidNotStart as error:
+            row["error"] = f"restart: {error}"[-2000:]
     return row
 
 
