@@ -10,9 +10,9 @@ import pytest
 from eval.perf import bench_decode, profile_decode
 
 
-def _kernel(name: str, ts: float, dur: float, stream: int = 7, correlation: int = 0) -> dict:
+def _kernel(name: str, ts: float, dur: float, stream: int = 7, correlation: int = 0, grid: list[int] | None = None) -> dict:
     return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur,
-            "args": {"stream": stream, "correlation": correlation}}  # fmt: skip
+            "args": {"stream": stream, "correlation": correlation, "grid": grid or [1, 1, 1]}}  # fmt: skip
 
 
 def _graph_launch(ts: float, correlation: int) -> dict:
@@ -41,6 +41,23 @@ def test_trace_summary_per_step(tmp_path: Path) -> None:
     assert p.graph_us == pytest.approx((45 + 30) / 2)  # median of the replays' spans: 10-55 and 210-240
     assert p.groups_us == {"moe": 30.0, "gemm": 10.0, "deltanet": 5.0, "other": 5.0, "attention": 2.5}
     assert p.top_kernels[0] == ("fused_moe_kernel", 30.0)
+
+
+def test_launches_are_told_apart_by_grid_and_stream(tmp_path: Path) -> None:
+    """One kernel name at two weight shapes (grids) and on two streams: three launch rows, heaviest first,
+    with launches and µs per step."""
+    events = [
+        _kernel("_gemv_kernel", 0.0, 8.0, grid=[128, 1, 1]),  # e.g. o_proj's N / BLOCK_N column blocks
+        _kernel("_gemv_kernel", 10.0, 4.0, grid=[4, 32, 1], stream=9),  # in_proj_ba, split K, 2nd stream
+        _kernel("_gemv_kernel", 20.0, 8.0, grid=[128, 1, 1]),
+        _kernel("_gemv_kernel", 30.0, 3.0, grid=[4, 32, 1]),
+    ]
+    path = tmp_path / "t.trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    p = profile_decode.summarise_trace(path, bench_decode.Case("bf16", True), 1, steps=2)
+    assert p.top_kernels == [("_gemv_kernel", 11.5)]
+    assert p.top_launches == [("_gemv_kernel", "128x1x1", 7, 1.0, 8.0), ("_gemv_kernel", "4x32x1", 9, 0.5, 2.0),
+                              ("_gemv_kernel", "4x32x1", 7, 0.5, 1.5)]  # fmt: skip
 
 
 def test_no_kernels_names_the_trace(tmp_path: Path) -> None:

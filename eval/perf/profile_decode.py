@@ -11,7 +11,8 @@ reads the trace. Per step: the kernels launched; the time the GPU was busy (the 
 so work overlapped on two streams counts once); the step's span from its first kernel to its last; the
 span of the kernels its CUDA-graph replay ran ("graph": the forward pass on the GPU, free of the host work
 between steps); and the kernel time of each group (routed MoE, DeltaNet, attention, dense GEMMs, norms,
-sampling, other) with the kernels that weigh most. A step whose busy time is far below its span waits on
+sampling, other) with the kernels that weigh most, by name and, in the JSON, by launch (name, grid,
+stream). A step whose busy time is far below its span waits on
 the host; one with many short kernels is bound by kernel count rather than by bytes. Graph time is the
 steadiest number to compare cases by, since host work between replays varies with what else the host
 runs. Prints a table with graph-time ratios (against BF16, FSE on/off) and writes profile_decode.json;
@@ -63,6 +64,9 @@ class StepProfile:
     graph_us: float | None  # median span of the kernels one cudaGraphLaunch ran; None: no graph replayed
     groups_us: dict[str, float] = field(default_factory=dict)  # summed kernel time per step
     top_kernels: list[tuple[str, float]] = field(default_factory=list)  # (name, µs per step)
+    # The heaviest launches told apart by grid and stream (a GEMV's grid names its weight's N and K split;
+    # the stream, whether it overlapped another kernel): (name, grid, stream, launches and µs per step).
+    top_launches: list[tuple[str, str, int, float, float]] = field(default_factory=list)
     graph_vs_bf16: float | None = None  # BF16 (FSE on) graph time / this one's, same batch size
     graph_fse_vs_unfused: float | None = None  # FSE-on rows: the same format unfused / fused, graph time
 
@@ -86,15 +90,21 @@ def summarise_trace(path: Path, case: bench_decode.Case, batch: int, steps: int)
     intervals = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels]
     by_group: dict[str, float] = defaultdict(float)
     by_name: dict[str, float] = defaultdict(float)
+    by_launch: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for e in kernels:
         by_group[group_of(e["name"])] += float(e["dur"]) / steps
         by_name[e["name"]] += float(e["dur"]) / steps
+        args = e.get("args", {})
+        launch = by_launch[e["name"], "x".join(map(str, args.get("grid", ()))), int(args.get("stream", -1))]
+        launch[0] += 1 / steps
+        launch[1] += float(e["dur"]) / steps
     top = sorted(by_name.items(), key=lambda item: -item[1])[:8]
+    launches = sorted(((*key, count, us) for key, (count, us) in by_launch.items()), key=lambda row: -row[4])[:24]
     span = max(stop for _, stop in intervals) - min(start for start, _ in intervals)
     return StepProfile(case.label, case.fmt, case.fse, batch, steps, len(kernels) / steps,
                        union_length(intervals) / steps, span / steps,
                        graph_replay_us(events, kernels), dict(sorted(by_group.items(), key=lambda item: -item[1])),
-                       top)  # fmt: skip
+                       top, launches)  # fmt: skip
 
 
 def graph_replay_us(events: list[dict], kernels: list[dict]) -> float | None:
