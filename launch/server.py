@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # SGLang imports this package in every server process (its external-model hook), which is how
 # sglang_ext's overrides reach the scheduler and worker processes that SGLang spawns.
 EXTENSION_PACKAGE = "sglang_ext.models"
+EXTENSION_VARIABLE = "SGLANG_EXTERNAL_MODEL_PACKAGE"  # SGLang imports the package it names
 STOP_GRACE_S = 20
 
 console = Console(stderr=True)
@@ -60,7 +61,7 @@ def repo_python_path() -> str:
 
 def sglang_env() -> dict[str, str]:
     """What an SGLang process needs on top of the caller's environment to load sglang_ext."""
-    return {"SGLANG_EXTERNAL_MODEL_PACKAGE": EXTENSION_PACKAGE, "PYTHONPATH": repo_python_path()}
+    return {EXTENSION_VARIABLE: EXTENSION_PACKAGE, "PYTHONPATH": repo_python_path()}
 
 
 def plan(loaded: LoadedRecipe, model_path: str, log_dir: Path, python: str = sys.executable, *,

@@ -98,6 +98,64 @@ def test_a_failed_sweep_or_one_under_other_options_is_not_completed(tmp_path: Pa
     assert not bench_serving.completed(tmp_path / "ok", _cli(bench_decode.Case("bf16", True), "attention-backend=fa3"))
 
 
+def test_a_sweep_under_other_variables_is_not_completed(tmp_path: Path) -> None:
+    """A recipe's env item (the GEMV's switch) or SGLang alone makes another server: its saved sweep does not
+    count for the plain one, and a sweep saved before env.json existed ran with sglang_ext alone."""
+    case = bench_decode.Case("bf16", True)
+    plain = bench_serving.case_recipe(case, Path("checkpoint"), [])
+    gemv = bench_serving.case_recipe(case, Path("checkpoint"), ["env.SGLANG_EXT_SMALL_M_GEMV=1"])
+    assert plain.server_cli == gemv.server_cli
+    _sweep(tmp_path / "old", {1: 100.0}, server_cli=plain.server_cli)  # no env.json
+    assert bench_serving.completed(tmp_path / "old", plain.server_cli, bench_serving.served_env(plain))
+    assert not bench_serving.completed(tmp_path / "old", gemv.server_cli, bench_serving.served_env(gemv))
+    assert not bench_serving.completed(tmp_path / "old", plain.server_cli, bench_serving.served_env(plain, stock=True))
+    assert bench_serving.served_env(plain, stock=True) == {}
+
+
+def test_stock_sglang_serves_without_sglang_ext_and_every_row_gets_its_ratio(tmp_path: Path, monkeypatch, capsys) -> None:
+    import contextlib
+    import subprocess
+
+    started = []
+
+    @contextlib.contextmanager
+    def running(plan, timeout_s):
+        started.append(plan)
+        yield plan
+
+    monkeypatch.setattr(bench_serving.server, "running", running)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0))
+    stock, fused = bench_serving.STOCK, bench_decode.Case("bf16", True)
+    for case in (stock, fused):
+        bench_serving.sweep(case, bench_serving.case_recipe(case, tmp_path, []), tmp_path, [1], tmp_path / case.slug)
+    assert "SGLANG_EXTERNAL_MODEL_PACKAGE" not in started[0].env and "PYTHONPATH" in started[0].env
+    assert started[1].env["SGLANG_EXTERNAL_MODEL_PACKAGE"] == "sglang_ext.models"
+    assert json.loads((tmp_path / stock.slug / "env.json").read_text()) == {}
+    assert stock.label == "bf16 stock-sglang" and "--disable-shared-experts-fusion" not in started[0].command
+
+    root = tmp_path / "out" / "serving" / "qwen3.5-35b-a3b-20L"
+    _sweep(root / "bf16-fse", {1: 220.0}, server_cli=_cli(fused), tpot_ms=4.0)
+    _sweep(root / stock.slug, {1: 200.0}, server_cli=_cli(stock), tpot_ms=5.0)
+    (root / stock.slug / "env.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["bench_serving", "--formats", "bf16", "--concurrency", "1", "--stock-sglang",
+                                      "--out", str(tmp_path / "out")])  # fmt: skip
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    code = bench_serving.main()
+    by = {r["case"]: r for r in json.loads((tmp_path / "out" / "bench_serving.json").read_text())["rows"]}
+    assert code == 1 and set(by) == {"bf16 fse", "bf16 stock-sglang"}  # BF16 FSE off was never measured
+    assert by["bf16 fse"]["vs_stock"] == pytest.approx(1.1) and by["bf16 fse"]["tpot_vs_stock"] == pytest.approx(1.25)
+    assert by["bf16 stock-sglang"]["vs_bf16"] == pytest.approx(200 / 220) and by["bf16 stock-sglang"]["fse_vs_unfused"] is None
+    assert "× stock" in capsys.readouterr().out
+
+
+def test_stock_sglang_is_refused_while_the_extension_variable_is_set(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SGLANG_EXTERNAL_MODEL_PACKAGE", "sglang_ext.models")
+    monkeypatch.setattr(sys, "argv", ["bench_serving", "--stock-sglang", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        bench_serving.main()
+    assert "unset SGLANG_EXTERNAL_MODEL_PACKAGE" in capsys.readouterr().err
+
+
 def test_a_busy_port_is_named_with_the_set_that_moves_it(tmp_path: Path) -> None:
     import socket
 

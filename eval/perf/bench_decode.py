@@ -118,11 +118,12 @@ class Case:
     fse: bool | None  # None: the format keeps the shared expert out of the MoE
     stock_moe_configs: bool = False
     variant: str = ""  # a --variant's NAME: the format's options with that variant's on top
+    stock_sglang: bool = False  # served by SGLang alone: no sglang_ext (its model overrides, MoE configs, kernels)
 
     @property
     def label(self) -> str:
         return (self.fmt + {True: " fse", False: " no-fse", None: ""}[self.fse] + (" stock-cfg" if self.stock_moe_configs else "")
-                + (f" ({self.variant})" if self.variant else ""))  # fmt: skip
+                + (" stock-sglang" if self.stock_sglang else "") + (f" ({self.variant})" if self.variant else ""))  # fmt: skip
 
     @property
     def slug(self) -> str:
