@@ -138,7 +138,8 @@ def test_stock_sglang_serves_without_sglang_ext_and_every_row_gets_its_ratio(tmp
     _sweep(root / stock.slug, {1: 200.0}, server_cli=_cli(stock), tpot_ms=5.0)
     (root / stock.slug / "env.json").write_text("{}")
     monkeypatch.setattr(sys, "argv", ["bench_serving", "--formats", "bf16", "--concurrency", "1", "--stock-sglang",
-                                      "--out", str(tmp_path / "out")])  # fmt: skip
+                                      "--set", "bf16:env.SGLANG_EXT_SMALL_M_GEMV=1", "--out", str(tmp_path / "out")])  # fmt: skip
+    (root / "bf16-fse" / "env.json").write_text(json.dumps({"SGLANG_EXT_SMALL_M_GEMV": "1", "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_ext.models"}))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     code = bench_serving.main()
     by = {r["case"]: r for r in json.loads((tmp_path / "out" / "bench_serving.json").read_text())["rows"]}

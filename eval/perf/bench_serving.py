@@ -9,7 +9,8 @@ each format's tiny recipe pointed at the real-shaped checkpoint, once per fused-
 where the format has both. BF16 with FSE on runs first; every other case's output tok/s is divided by
 BF16's at the same prompt shape and concurrency, and so is its per-request decode speed (1 / median TPOT).
 `--stock-sglang` adds the baseline users start from: BF16 served by SGLang alone (no sglang_ext: the
-stock Qwen3.5 model, SGLang's MoE configs, no kernels of ours), and every row's "× stock" against it.
+stock Qwen3.5 model, SGLang's MoE configs, no kernels of ours) with its recipe as shipped (no --set items),
+and every row's "× stock" against it.
 Servers run one at a time on the recipe's port and are stopped (process group and all) before the next
 starts. Each case's sweep stays in OUT/serving/<case>/ (speed.json, bench_serving records, server log, the
 SGLang options it ran with), and a rerun skips cases whose sweep completed with the options it would use.
@@ -209,8 +210,12 @@ def main() -> int:
                          f"unset {server.EXTENSION_VARIABLE} and run again")  # fmt: skip
         todo.insert(1, STOCK)  # beside BF16, on its checkpoint
 
+    # SGLang alone runs BF16's recipe as it ships (at real shapes, with its Hopper recipe's MoE runner): the
+    # --set items tune this repository's servers, whose speed it is the baseline of.
+    stock_sets = list(bench_decode.real_shape_sets(STOCK.fmt)) if args.shape != "tiny" else []
+    sets = {c: stock_sets if c.stock_sglang else options[c.fmt].sets for c in todo}
     # The checkpoint path is model.path, not an SGLang option: a placeholder gives the same options.
-    recipes = {c: case_recipe(c, Path("checkpoint"), options[c.fmt].sets) for c in todo}
+    recipes = {c: case_recipe(c, Path("checkpoint"), sets[c]) for c in todo}
     server_cli = {c: loaded.server_cli for c, loaded in recipes.items()}
     env = {c: served_env(loaded, c.stock_sglang) for c, loaded in recipes.items()}
     folder = {c: args.out / "serving" / f"{args.shape}-{args.layers}L" / c.slug for c in todo}
@@ -219,7 +224,7 @@ def main() -> int:
         require_importable(parser)
 
     def measure(case: bench_decode.Case, checkpoint: Path) -> None:
-        sweep(case, case_recipe(case, checkpoint, options[case.fmt].sets), checkpoint, args.concurrency, folder[case])
+        sweep(case, case_recipe(case, checkpoint, sets[case]), checkpoint, args.concurrency, folder[case])
 
     failures = {**unmeasured, **bench_decode.run_cases(args.out, args.shape, args.layers, pending, measure)}
     rows = [row for c in todo if completed(folder[c], server_cli[c], env[c]) for row in rows_of(c, folder[c] / "speed.json")]
