@@ -32,7 +32,7 @@ _INTERPRETER_CHECK = textwrap.dedent(
     """
     import torch
     from sglang_ext.codecs.mxfp4 import fake_quantize_activations
-    from sglang_ext.quantization.mxfp4_act_quant import fake_quantize_mxfp4_triton
+    from sglang_ext.kernels.mxfp4_act_quant import fake_quantize_mxfp4_triton
 
     g = torch.Generator().manual_seed(0)
     rows = [torch.randn(8, 96, generator=g) * torch.logspace(-30, 30, 8).unsqueeze(1)]

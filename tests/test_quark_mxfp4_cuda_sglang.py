@@ -109,16 +109,16 @@ def _load_experts(layer, tensors: dict[str, torch.Tensor], num_experts: int, ren
 @pytest.fixture
 def on_cuda(monkeypatch):
     """Make the dispatch act as on a CUDA GPU (the parameter creation and loading it selects are device-free)."""
-    from sglang_ext.quantization import quark_mxfp4_cuda
+    from sglang_ext.quantization.quark import w4a4_mxfp4_cuda
 
-    monkeypatch.setattr(quark_mxfp4_cuda, "_is_cuda", True)
+    monkeypatch.setattr(w4a4_mxfp4_cuda, "_is_cuda", True)
 
 
 def _quark_with_cuda_mxfp4(quant_config: dict):
-    """SGLang's QuarkConfig plus the two dispatch lines a QuarkConfig override needs (see quark_mxfp4_cuda)."""
+    """SGLang's QuarkConfig plus the two dispatch lines a QuarkConfig override needs (see quark.w4a4_mxfp4_cuda)."""
     from sglang.srt.layers.quantization.quark.quark import QuarkConfig
 
-    from sglang_ext.quantization.quark_mxfp4_cuda import quark_mxfp4_cuda_scheme
+    from sglang_ext.quantization.quark.w4a4_mxfp4_cuda import quark_mxfp4_cuda_scheme
 
     class QuarkWithCudaMxfp4(QuarkConfig):
         def get_linear_scheme(self, layer, layer_name):
@@ -141,7 +141,7 @@ def _shared_gate_up(quant_config):
 
 
 def test_quark_mxfp4_layers_get_the_cuda_schemes(fixtures, on_cuda):
-    from sglang_ext.quantization.quark_mxfp4_cuda import QuarkW4A4MXFP4Cuda, QuarkW4A4MXFp4MoECuda
+    from sglang_ext.quantization.quark.w4a4_mxfp4_cuda import QuarkW4A4MXFP4Cuda, QuarkW4A4MXFp4MoECuda
 
     config = _quark_with_cuda_mxfp4(_quant_config(fixtures / "quark-mxfp4-fse"))
     with sglang_layers():
@@ -161,16 +161,16 @@ def test_quark_mxfp4_layers_get_the_cuda_schemes(fixtures, on_cuda):
 
 def test_dispatch_leaves_other_layers_to_sglang(fixtures, monkeypatch):
     from sglang_ext.fixtures import quant_configs
-    from sglang_ext.quantization import quark_mxfp4_cuda
-    from sglang_ext.quantization.quark_mxfp4_cuda import quark_mxfp4_cuda_scheme
+    from sglang_ext.quantization.quark import w4a4_mxfp4_cuda
+    from sglang_ext.quantization.quark.w4a4_mxfp4_cuda import quark_mxfp4_cuda_scheme
 
     mxfp4_config = _quark_with_cuda_mxfp4(_quant_config(fixtures / "quark-mxfp4-fse"))
     int8_config = _quark_with_cuda_mxfp4(quant_configs.quark_w8a8_int8([]))
     layer = torch.nn.Module()
-    monkeypatch.setattr(quark_mxfp4_cuda, "_is_cuda", True)
+    monkeypatch.setattr(w4a4_mxfp4_cuda, "_is_cuda", True)
     assert quark_mxfp4_cuda_scheme(int8_config, layer, "model.layers.0.mlp.experts") is None
     assert quark_mxfp4_cuda_scheme(mxfp4_config, layer, "model.layers.0.mlp.experts") is not None
-    monkeypatch.setattr(quark_mxfp4_cuda, "_is_cuda", False)  # ROCm: SGLang's aiter schemes
+    monkeypatch.setattr(w4a4_mxfp4_cuda, "_is_cuda", False)  # ROCm: SGLang's aiter schemes
     assert quark_mxfp4_cuda_scheme(mxfp4_config, layer, "model.layers.0.mlp.experts") is None
 
 
@@ -222,7 +222,7 @@ def test_marlin_scale_preparation_keeps_every_e8m0_byte():
 
 
 def test_marlin_shape_rule():
-    from sglang_ext.quantization.mxfp4_marlin_w4a4_moe import marlin_shape_error
+    from sglang_ext.quantization.quark.w4a4_mxfp4_marlin_moe import marlin_shape_error
 
     assert marlin_shape_error(128, 64) is None  # the tiny fixture
     assert marlin_shape_error(2048, 512) is None  # Qwen3.5-35B-A3B, TP1

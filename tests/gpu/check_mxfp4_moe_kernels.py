@@ -1,4 +1,4 @@
-"""GPU check of the Quark MXFP4 W4A4 CUDA path (sglang_ext/quantization/quark_mxfp4_cuda.py), one GPU.
+"""GPU check of the Quark MXFP4 W4A4 CUDA path (sglang_ext/quantization/quark/w4a4_mxfp4_cuda.py), one GPU.
 
     PYTHONPATH=<repo>:<sglang bundle> python tests/gpu/check_mxfp4_moe_kernels.py [--rel-tol 0.01]
 
@@ -40,7 +40,7 @@ BATCHES = [1, 2, 8, 32, 128, 512, 2048]
 
 # --------------------------------------------------------------------------- 1. activation qdq
 def check_activation_qdq() -> None:
-    from sglang_ext.quantization.mxfp4_act_quant import fake_quantize_mxfp4_triton
+    from sglang_ext.kernels.mxfp4_act_quant import fake_quantize_mxfp4_triton
 
     g = torch.Generator().manual_seed(0)
     rows = [torch.randn(64, 96, generator=g) * torch.logspace(-38, 30, 64).unsqueeze(1)]
@@ -108,7 +108,7 @@ def error_row(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float
 
 # --------------------------------------------------------------------------- 2. weight layout
 def check_weight_layout() -> None:
-    from sglang_ext.quantization.mxfp4_marlin_w4a4_moe import marlin_mxfp4_gemm, marlin_routing
+    from sglang_ext.quantization.quark.w4a4_mxfp4_marlin_moe import marlin_mxfp4_gemm, marlin_routing
 
     for name, hidden, intermediate, _, _ in SHAPES[:2]:
         num_experts = 3
@@ -141,7 +141,7 @@ def check_weight_layout() -> None:
 
 # --------------------------------------------------------------------------- 3. MoE error per batch size
 def check_moe_error(rel_tol: float) -> None:
-    from sglang_ext.quantization.mxfp4_marlin_w4a4_moe import marlin_mxfp4_w4a4_moe
+    from sglang_ext.quantization.quark.w4a4_mxfp4_marlin_moe import marlin_mxfp4_w4a4_moe
 
     print(f"  {'shape':14s} {'M':>5s} {'max-abs':>10s} {'max-abs/max|ref|':>17s} {'rel-fro':>9s} {'bf16 floor':>10s}")
     worst = 0.0
@@ -169,7 +169,7 @@ def check_scheme_in_fused_moe(rel_tol: float) -> None:
     from sglang.srt.layers.moe.topk import StandardTopKOutput
 
     from sglang_ext.fixtures import write_fixture
-    from sglang_ext.quantization.quark_mxfp4_cuda import QuarkW4A4MXFp4MoECuda
+    from sglang_ext.quantization.quark.w4a4_mxfp4_cuda import QuarkW4A4MXFp4MoECuda
     from tests.test_quark_mxfp4_cuda_sglang import (
         LAYER, ROUTED, _fused_moe, _load_experts, _quant_config, _quark_with_cuda_mxfp4, _tensors, sglang_layers,
     )

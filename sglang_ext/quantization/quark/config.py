@@ -18,7 +18,7 @@ from sglang.srt.layers.quantization.quark.quark import QuarkConfig
 from sglang.srt.layers.quantization.quark.schemes import QuarkLinearScheme, QuarkMoEScheme
 
 from sglang_ext.quantization.quark.w8a8_int8 import QuarkW8A8Int8
-from sglang_ext.quantization.quark_mxfp4_cuda import quark_mxfp4_cuda_scheme
+from sglang_ext.quantization.quark.w4a4_mxfp4_cuda import quark_mxfp4_cuda_scheme
 from sglang_ext.quantization.quark.w8a8_int8_moe import QuarkW8A8Int8MoE
 from sglang_ext.quantization.quark_int8_spec import is_quark_w8a8_int8
 

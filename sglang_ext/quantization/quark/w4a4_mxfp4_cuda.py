@@ -10,7 +10,7 @@ shared expert as expert slot E) and replace what happens after loading:
   GEMM, the kernel SGLang itself uses for MXFP4 experts on SM90 (``Mxfp4MoEMethod`` with
   ``--moe-runner-backend marlin``, ``Mxfp4MarlinMoEMethod``); activations are quantize-dequantized to
   MXFP4 before each GEMM exactly as Quark does, so results match MI355X up to summation order
-  (:mod:`.mxfp4_marlin_w4a4_moe`).
+  (:mod:`.w4a4_mxfp4_marlin_moe`).
 * Linear (:class:`QuarkW4A4MXFP4Cuda`), e.g. the shared expert when it is not fused: the weight is
   dequantized to BF16 once after loading (exact: MXFP4 values are BF16 values; 4x the memory of MXFP4)
   and each input is quantize-dequantized to MXFP4 before a BF16 GEMM. SGLang has no MXFP4 Marlin dense
@@ -50,8 +50,8 @@ from sglang.srt.layers.quantization.quark.schemes import QuarkW4A4MXFP4, QuarkW4
 from sglang.srt.utils import get_device_capability, is_cuda
 
 from sglang_ext.codecs import mxfp4
-from sglang_ext.quantization.mxfp4_act_quant import fake_quantize_mxfp4
-from sglang_ext.quantization.mxfp4_marlin_w4a4_moe import marlin_mxfp4_w4a4_moe, marlin_shape_error
+from sglang_ext.kernels.mxfp4_act_quant import fake_quantize_mxfp4
+from sglang_ext.quantization.quark.w4a4_mxfp4_marlin_moe import marlin_mxfp4_w4a4_moe, marlin_shape_error
 
 _is_cuda = is_cuda()
 

@@ -21,7 +21,7 @@ from sglang.srt.layers.moe.fused_moe_triton import moe_align_block_size
 from sglang.srt.layers.quantization.marlin_utils import marlin_make_workspace
 from sglang.srt.layers.quantization.utils import get_scalar_types
 from sglang.srt.utils import is_cuda
-from sglang_ext.quantization.mxfp4_act_quant import fake_quantize_mxfp4
+from sglang_ext.kernels.mxfp4_act_quant import fake_quantize_mxfp4
 
 # sgl_kernel's compiled ops load only where a GPU is present (as in fused_marlin_moe.py); the shape
 # rule below is also used, and tested, without one.
