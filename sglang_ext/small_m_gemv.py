@@ -3,8 +3,9 @@
 SGLang 0.5.17 runs a linear of a few tokens through cuBLAS (``F.linear``), or sgl_kernel's ``int8_scaled_mm``
 for W8A8 INT8, at about half the copy bandwidth (docs/performance.md). With the variable set, :func:`install`
 (called by ``sglang_ext.models`` in every server process) sends, on CUDA sm90 and for 1 to ``MAX_M`` BF16
-tokens, to :mod:`sglang_ext.kernels.gemv` (on a GPU model :mod:`sglang_ext.kernels.gemv_wins` lists, only
-the weight shapes and token counts at which ``eval.perf.bench_gemv`` measured it faster):
+tokens, to :mod:`sglang_ext.kernels.gemv` the weight shapes and token counts at which ``eval.perf.bench_gemv``
+measured it faster on this GPU model (:mod:`sglang_ext.kernels.gemv_wins`; on a model it does not list, none,
+with a warning), or with ``SGLANG_EXT_SMALL_M_GEMV=all`` every one (to try it where nothing was measured):
 
 * ``UnquantizedLinearMethod.apply``: every BF16 Linear (attention and DeltaNet projections, router, shared
   expert and its gate, and whatever a quantized checkpoint keeps in BF16);
@@ -39,12 +40,25 @@ from sglang_ext.kernels.gemv import gemv, int8_scaled_gemv
 from sglang_ext.quantization.quark.w8a8_int8 import QuarkW8A8Int8
 
 ENV = "SGLANG_EXT_SMALL_M_GEMV"
+MEASURED, EVERY_POINT = "1", "all"  # its values: where bench_gemv measured a win; wherever the kernel takes it
 ROUTED = "routes_small_m_gemv"  # marks an installed wrapper, so install() is idempotent
 logger = logging.getLogger(__name__)
+_every_point = False  # install() sets it from the variable
+
+
+def mode() -> str | None:
+    """MEASURED, EVERY_POINT, or None (off: unset, 0, or a value it does not know, which is logged)."""
+    value = os.environ.get(ENV, "0")
+    if value in (MEASURED, EVERY_POINT):
+        return value
+    if value != "0":
+        logger.warning("%s=%s: expected %s (where measured faster) or %s (by token count alone); off", ENV, value,
+                       MEASURED, EVERY_POINT)  # fmt: skip
+    return None
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "0") == "1"
+    return mode() is not None
 
 
 @functools.cache
@@ -57,10 +71,17 @@ def _measured_wins(device: torch.device) -> frozenset[gemv_wins.Point] | None:
     return gemv_wins.load(torch.cuda.get_device_name(device))
 
 
+@functools.cache
+def _unmeasured(device: torch.device) -> None:
+    logger.warning("%s=%s on %s, a GPU model %s does not list: SGLang's path everywhere; measure it with `python -m "
+                   "eval.perf.bench_gemv --wins`, or route by token count alone with %s=%s", ENV, MEASURED,
+                   torch.cuda.get_device_name(device), gemv_wins.WINS_FILE.name, ENV, EVERY_POINT)  # fmt: skip
+
+
 def routes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the GEMV computes ``x @ weight^T``: 1 to MAX_M BF16 rows on CUDA sm90, a weight the kernel
-    takes (BF16 or INT8), no torch.compile tracing, and, on a GPU model `gemv_wins` lists, a point
-    (dtype, N, K, M) where the benchmark measured it faster than SGLang's path."""
+    takes (BF16 or INT8), no torch.compile tracing, and a point (dtype, N, K, M) where the benchmark measured
+    it faster than SGLang's path on this GPU model (with EVERY_POINT: any point)."""
     k = x.shape[-1]
     m = x.numel() // k
     if not (
@@ -74,8 +95,13 @@ def routes(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and _on_sm90(x.device)
     ):
         return False
+    if _every_point:
+        return True
     wins = _measured_wins(x.device)
-    return wins is None or ("int8" if weight.dtype == torch.int8 else "bf16", weight.shape[0], k, m) in wins
+    if wins is None:
+        _unmeasured(x.device)
+        return False
+    return ("int8" if weight.dtype == torch.int8 else "bf16", weight.shape[0], k, m) in wins
 
 
 def _route_unquantized(stock: Callable) -> Callable:
@@ -125,15 +151,18 @@ ROUTES = (
 
 
 def install() -> bool:
-    """Route the methods of ROUTES through the GEMV where :func:`routes` says so, if SGLANG_EXT_SMALL_M_GEMV=1;
-    returns whether it is on."""
-    if not enabled():
+    """Route the methods of ROUTES through the GEMV where :func:`routes` says so, if SGLANG_EXT_SMALL_M_GEMV is
+    1 or all; returns whether it is on."""
+    global _every_point
+    if (how := mode()) is None:
         return False
+    _every_point = how == EVERY_POINT
     for owner, name, route in ROUTES:
         stock = getattr(owner, name)
         if not getattr(stock, ROUTED, False):
             routed = functools.wraps(stock)(route(stock))
             setattr(routed, ROUTED, True)
             setattr(owner, name, routed)
-    logger.info("%s=1: linears of 1 to %d BF16 tokens on sm90 run sglang_ext's GEMV", ENV, kernels.MAX_M)
+    where = "at every weight shape" if _every_point else f"where {gemv_wins.WINS_FILE.name} lists a win for the GPU"
+    logger.info("%s=%s: linears of 1 to %d BF16 tokens on sm90 run sglang_ext's GEMV %s", ENV, how, kernels.MAX_M, where)
     return True

@@ -84,7 +84,7 @@ def test_wins_keep_only_points_the_gemv_won_everywhere_and_other_gpus_entries(tm
     assert entry == {"measured": "test", "bf16": {"2048x4096": [1], "4096x2048": []}, "int8": {"64x2048": [2]}}
     assert gemv_wins.load("NVIDIA H200", wins) == {("bf16", 2048, 4096, 1), ("int8", 64, 2048, 2)}
     assert gemv_wins.load("NVIDIA H100 80GB HBM3", wins) == {("bf16", 64, 2048, 1)}
-    assert gemv_wins.load("NVIDIA B200", wins) is None  # never measured: routed by M alone
+    assert gemv_wins.load("NVIDIA B200", wins) is None  # never measured: SGLang's path (=all: by M alone)
 
 
 def test_the_shipped_wins_are_points_the_kernel_takes() -> None:

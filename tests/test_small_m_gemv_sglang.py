@@ -1,6 +1,7 @@
-"""sglang_ext.small_m_gemv inside SGLang 0.5.17 on a CPU: with SGLANG_EXT_SMALL_M_GEMV=1, SGLang's own linear,
+"""sglang_ext.small_m_gemv inside SGLang 0.5.17 on a CPU: with SGLANG_EXT_SMALL_M_GEMV=all, SGLang's own linear,
 lm_head and this repository's Quark INT8 layers send 1-8 BF16 tokens to the GEMV and keep their path above
-that, and nothing changes while the variable is unset.
+that; with =1 only the points gemv_wins lists for the GPU model (none on one it does not list, said once);
+nothing changes while the variable is unset or holds a value it does not know.
 
 The CPU stands in for an sm90 GPU (`_on_sm90`), and the GEMV runs in Triton's interpreter on one config,
 since the interpreter cannot time configs to autotune. On the INT8 path, SGLang's `per_token_quant_int8` (a
@@ -64,9 +65,9 @@ def routed(monkeypatch: pytest.MonkeyPatch, stock, bf16_dot) -> list[str]:
 
         return call
 
-    monkeypatch.setenv(small_m_gemv.ENV, "1")
+    monkeypatch.setenv(small_m_gemv.ENV, "all")  # every point: the CPU is no GPU model gemv_wins lists
     monkeypatch.setattr(small_m_gemv, "_on_sm90", lambda device: True)
-    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: None)  # a GPU model gemv_wins does not list
+    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: None)
     monkeypatch.setattr(small_m_gemv, "gemv", recorded(gemv))
     monkeypatch.setattr(small_m_gemv, "int8_scaled_gemv", recorded(int8_scaled_gemv))
     assert small_m_gemv.install()
@@ -112,8 +113,15 @@ def test_bf16_linear_routes_up_to_max_m_tokens(routed, bias: bool) -> None:
     assert not routed and torch.equal(out, F.linear(x, layer.weight, layer.bias))
 
 
+def measured(monkeypatch: pytest.MonkeyPatch, wins: frozenset | None) -> None:
+    """SGLANG_EXT_SMALL_M_GEMV=1 on a GPU model whose measured wins are `wins` (None: not listed)."""
+    monkeypatch.setenv(small_m_gemv.ENV, "1")
+    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: wins)
+    assert small_m_gemv.install()
+
+
 def test_a_measured_gpu_routes_only_the_points_where_the_gemv_won(routed, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: frozenset({("bf16", 64, HIDDEN, 1)}))
+    measured(monkeypatch, frozenset({("bf16", 64, HIDDEN, 1)}))
     layer = bf16_linear(64, HIDDEN, bias=False)
     out, _ = layer(torch.randn(1, HIDDEN).bfloat16())
     assert routed.pop() == "gemv" and not routed
@@ -122,6 +130,31 @@ def test_a_measured_gpu_routes_only_the_points_where_the_gemv_won(routed, monkey
     assert not routed and torch.equal(out, F.linear(x, layer.weight))
     out, _ = bf16_linear(128, HIDDEN, bias=False)(torch.randn(1, HIDDEN).bfloat16())  # another shape
     assert not routed
+
+
+def test_a_gpu_never_measured_keeps_sglangs_path_and_says_how_to_measure_it(routed, monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    measured(monkeypatch, None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    small_m_gemv._unmeasured.cache_clear()
+    layer = bf16_linear(64, HIDDEN, bias=False)
+    x = torch.randn(1, HIDDEN).bfloat16()
+    with caplog.at_level("WARNING", logger=small_m_gemv.__name__):
+        out, _ = layer(x)
+        layer(x)
+    assert not routed and torch.equal(out, F.linear(x, layer.weight))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "NVIDIA H100 80GB HBM3" in warnings[0] and "bench_gemv --wins" in warnings[0]
+    assert "SGLANG_EXT_SMALL_M_GEMV=all" in warnings[0]
+
+
+def test_a_value_it_does_not_know_is_off_and_named(monkeypatch: pytest.MonkeyPatch, stock,
+                                                   caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setenv(small_m_gemv.ENV, "yes")
+    with caplog.at_level("WARNING", logger=small_m_gemv.__name__):
+        assert not small_m_gemv.install()
+    assert {name: getattr(owner, name) for owner, name, _ in small_m_gemv.ROUTES} == stock
+    assert "SGLANG_EXT_SMALL_M_GEMV=yes: expected 1" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -219,7 +252,7 @@ def test_quark_int8_routes_up_to_max_m_tokens(routed, int8_layer) -> None:
 
 def test_a_measured_gpu_routes_an_int8_linear_by_its_int8_points(routed, int8_layer,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: frozenset({("int8", 64, HIDDEN, 2)}))
+    measured(monkeypatch, frozenset({("int8", 64, HIDDEN, 2)}))
     int8_layer(torch.randn(2, HIDDEN).bfloat16())
     assert routed.pop() == "int8_scaled_gemv" and not routed
     monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: frozenset({("bf16", 64, HIDDEN, 2)}))

@@ -1,8 +1,8 @@
 """Where the small-M GEMV beat SGLang's own path, per GPU model, as `python -m eval.perf.bench_gemv --wins`
 measured it: `gemv_wins.json` beside this file maps a GPU name (``torch.cuda.get_device_name``) to, per
 dtype (``bf16``, ``int8``), the weight shapes ``"NxK"`` and the token counts M at which the GEMV was faster
-by at least ``MARGIN``. `sglang_ext.small_m_gemv` routes a linear to the GEMV only at those points on a
-listed GPU; a GPU the file does not list keeps routing by M alone.
+by at least ``MARGIN``. With SGLANG_EXT_SMALL_M_GEMV=1, `sglang_ext.small_m_gemv` routes a linear to the
+GEMV only at those points, so a GPU the file does not list keeps SGLang's path (=all routes by M alone).
 """
 
 from __future__ import annotations

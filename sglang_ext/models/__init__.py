@@ -16,7 +16,7 @@ use_tuned_moe_configs()
 
 from sglang_ext.small_m_gemv import install as install_small_m_gemv  # noqa: E402
 
-install_small_m_gemv()  # only with SGLANG_EXT_SMALL_M_GEMV=1
+install_small_m_gemv()  # only with SGLANG_EXT_SMALL_M_GEMV=1 or all
 
 # SGLang imports this package strictly but its modules leniently (registry.py: an import error there only
 # logs a warning and the stock class serves); importing the overrides here makes a broken one stop the start.

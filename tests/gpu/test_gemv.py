@@ -78,9 +78,10 @@ def test_cuda_graph_replays_eager(config) -> None:
         assert torch.equal(captured, kernels.gemv(x, weight, config=config))
 
 
-def test_hook_routes_decode_tokens_here() -> None:
+def test_hook_routes_decode_tokens_here(monkeypatch: pytest.MonkeyPatch) -> None:
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the hook routes on sm90 only")
+    monkeypatch.setattr(small_m_gemv, "_every_point", True)  # SGLANG_EXT_SMALL_M_GEMV=all: measured or not
     weight = torch.randn(2048, 4096, device="cuda", dtype=torch.bfloat16)
     assert small_m_gemv.routes(torch.randn(8, 4096, device="cuda", dtype=torch.bfloat16), weight)
     assert not small_m_gemv.routes(torch.randn(9, 4096, device="cuda", dtype=torch.bfloat16), weight)
