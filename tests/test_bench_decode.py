@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from eval.perf import bench_decode
+from eval.perf import bench_decode, byte_bound
 from sglang_ext.fixtures import STAMP_FILE, write_fixture
 
 
@@ -60,8 +60,8 @@ def test_decode_bytes_read_dense_weights_once_and_the_experts_a_batch_touches(tm
                 else:
                     dense += nbytes
     top_k, experts = config["text_config"]["num_experts_per_tok"], config["text_config"]["num_experts"]
-    assert bench_decode.decode_bytes(checkpoint, config, 1) == pytest.approx(dense + routed * top_k / experts)
-    assert bench_decode.decode_bytes(checkpoint, config, 10_000) == pytest.approx(dense + routed)
+    assert byte_bound.decode_bytes(checkpoint, config, 1) == pytest.approx(dense + routed * top_k / experts)
+    assert byte_bound.decode_bytes(checkpoint, config, 10_000) == pytest.approx(dense + routed)
 
 
 def test_a_benchmark_checkpoint_is_written_once_by_a_process_of_its_own(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.perf import bench_decode, bench_spec
+from eval.perf import bench_decode, bench_spec, byte_bound
 from sglang_ext.fixtures import write_fixture
 from sglang_ext.formats.safetensors_headers import read_checkpoint
 
@@ -69,11 +69,11 @@ def test_the_byte_ratio_counts_verify_draft_extend_and_the_remaining_draft_forwa
     entries = read_checkpoint(checkpoint)
     lm_head = next(e.nbytes for e in entries if e.name == "lm_head.weight")
     mtp = sum(e.nbytes for e in entries if e.name.startswith("mtp."))
-    assert bench_decode.weight_bytes(entries, config, 10_000, draft=True) == pytest.approx(mtp + lm_head)
-    assert bench_decode.weight_bytes(entries, config, 1) == pytest.approx(bench_decode.decode_bytes(checkpoint, config, 1))
+    assert byte_bound.weight_bytes(entries, config, 10_000, draft=True) == pytest.approx(mtp + lm_head)
+    assert byte_bound.weight_bytes(entries, config, 1) == pytest.approx(byte_bound.decode_bytes(checkpoint, config, 1))
 
     def read(tokens: int, draft: bool = False) -> float:
-        return bench_decode.weight_bytes(entries, config, tokens, draft=draft)
+        return byte_bound.weight_bytes(entries, config, tokens, draft=draft)
 
     ratio = bench_spec.step_bytes_ratio(entries, config, (5, 1, 6), 3.7, 1)
     assert ratio == pytest.approx(3.7 * read(1) / (read(6) + read(6, draft=True) + 4 * read(1, draft=True)))

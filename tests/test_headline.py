@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.perf import bench_decode, headline
+from eval.perf import bench_decode, byte_bound, headline
 from sglang_ext.fixtures import write_fixture
 
 
@@ -29,7 +29,7 @@ def _saved_run(out: Path, layers: int = 1) -> Path:
 def test_the_line_from_a_saved_run(tmp_path: Path) -> None:
     checkpoint = _saved_run(tmp_path)
     config = json.loads((checkpoint / "config.json").read_text())
-    floor_us = bench_decode.decode_bytes(checkpoint, config, 1) / 1e9 * 1e6  # at 1 GB/s
+    floor_us = byte_bound.decode_bytes(checkpoint, config, 1) / 1e9 * 1e6  # at 1 GB/s
     numbers = headline.headline(tmp_path, "tiny", 1, 1.0)
     assert numbers["graph_us"] == 2000.0 and numbers["floor_us"] == pytest.approx(floor_us)
     assert numbers["of_floor"] == pytest.approx(floor_us / 2000.0)

@@ -54,12 +54,12 @@ from pathlib import Path
 from typing import Any
 
 from launch import server
+from eval.perf.byte_bound import decode_bytes
 from launch.errors import LaunchError
 from launch.recipe import load_recipe, recipe_paths
 from sglang_ext import moe_configs
 from sglang_ext.fixtures import STAMP_FILE, write_fixture
 from sglang_ext.fixtures.model_config import SHAPES, padded_vocab_size
-from sglang_ext.formats.safetensors_headers import StoredEntry, read_checkpoint
 
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
 TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs SGLang's Triton fused kernel
@@ -175,29 +175,6 @@ def hbm_bandwidth_gbs() -> float:
     del x, y
     torch.cuda.empty_cache()  # the 8 GiB go back to the GPU before the measured servers start
     return 2 * (4 << 30) / seconds / 1e9
-
-
-def weight_bytes(entries: Iterable[StoredEntry], config: dict, tokens: int, *, draft: bool = False) -> float:
-    """Weight bytes one forward of `tokens` tokens reads, from a checkpoint's tensors: dense weights once, routed
-    experts as many as the tokens touch on average (E * (1 - (1 - k/E)**tokens) per layer). The target model's,
-    or with `draft` the MTP layer's and the lm_head it shares. Embedding rows (a gather) and the ViT are not
-    counted."""
-    text = config["text_config"]
-    experts, top_k = text["num_experts"], text["num_experts_per_tok"]
-    touched = 1 - (1 - top_k / experts) ** tokens
-    total = 0.0
-    for entry in entries:
-        if entry.name.startswith("model.visual.") or "embed_tokens" in entry.name:
-            continue
-        if entry.name != "lm_head.weight" and entry.name.startswith("mtp.") != draft:
-            continue
-        total += entry.nbytes * (touched if ".mlp.experts." in entry.name else 1)
-    return total
-
-
-def decode_bytes(checkpoint: Path, config: dict, batch: int) -> float:
-    """Weight bytes one decode step of `batch` sequences reads (`weight_bytes` of the target model)."""
-    return weight_bytes(read_checkpoint(checkpoint), config, batch)
 
 
 def cases(formats: list[str], stock_moe_configs: bool, variants: Iterable[tuple[str, str]] = ()) -> list[Case]:

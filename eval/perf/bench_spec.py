@@ -32,7 +32,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eval.perf import bench_decode, bench_serving
+from eval.perf import bench_decode, bench_serving, byte_bound
 from eval import speed
 from launch.recipe import load_recipe
 from sglang_ext.fixtures.model_config import SHAPES
@@ -120,7 +120,7 @@ def step_bytes_ratio(entries: list[StoredEntry], config: dict, steps: tuple[int,
     verified = batch * draft_tokens
 
     def read(tokens: int, draft: bool = False) -> float:
-        return bench_decode.weight_bytes(entries, config, tokens, draft=draft)
+        return byte_bound.weight_bytes(entries, config, tokens, draft=draft)
 
     spec_step = read(verified) + read(verified, draft=True) + (num_steps - 1) * read(batch, draft=True)
     return accept * read(batch) / spec_step

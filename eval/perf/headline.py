@@ -7,7 +7,7 @@ In one --out, each step resuming what it saved there: the HBM copy bandwidth; `e
 --formats bf16 --fse on --batch-sizes 1` (graph time); `eval.perf.bench_serving --formats bf16 --concurrency 1
 --stock-sglang` (this repository's BF16 server, FSE on and off, and SGLang alone). The --set items go to both
 steps (e.g. `--set bf16:env.SGLANG_EXT_SMALL_M_GEMV=1`), not to SGLang alone. The floor is the weight bytes a
-batch-1 step reads (`bench_decode.decode_bytes` of the checkpoint) over that bandwidth; "× stock" is the lower of
+batch-1 step reads (`byte_bound.decode_bytes` of the checkpoint) over that bandwidth; "× stock" is the lower of
 card 003's two prompt shapes' TPOT ratios. Prints the line and writes headline.json with every number it is made
 of. Forty BF16 layers of the 35B are about 78 GB: on a host with a small disk, --out on /dev/shm.
 """
@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eval.perf import bench_decode, bench_serving
+from eval.perf import bench_decode, bench_serving, byte_bound
 from launch import server
 
 FORMAT = "bf16"
@@ -55,7 +55,7 @@ def headline(out: Path, shape: str, layers: int, bandwidth: float | None) -> dic
     floor_us = None
     if bandwidth and (checkpoint / "config.json").exists():
         config = json.loads((checkpoint / "config.json").read_text())
-        floor_us = bench_decode.decode_bytes(checkpoint, config, 1) / (bandwidth * 1e9) * 1e6
+        floor_us = byte_bound.decode_bytes(checkpoint, config, 1) / (bandwidth * 1e9) * 1e6
     rows = json.loads(serving_file.read_text())["rows"] if serving_file.exists() else []
     served = {r["shape"]: r for r in rows if r["case"] == bench_decode.BASELINE.label and r["concurrency"] == 1}
     stock = {r["shape"]: r for r in rows if r["case"] == bench_serving.STOCK.label and r["concurrency"] == 1}
