@@ -88,7 +88,8 @@ def _setup(fmt: str, *sets: str, shape: str = "qwen3.5-35b-a3b") -> dict:
 
 def _saved(out: Path, case: bench_decode.Case, ms: dict[int, float], floor: float = 0.5, setup: dict | None = None) -> None:
     rows = [bench_decode.Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency, batch / latency * 1e3,
-                             latency / 20, floor, floor / latency, variant=case.variant) for batch, latency in ms.items()]  # fmt: skip
+                             latency / 20, floor, floor / latency, variant=case.variant, bound_ms=floor + 0.2)
+            for batch, latency in ms.items()]  # fmt: skip
     bench_decode.save_case(out / "cases" / f"{case.slug}.json", case.options_key, rows, setup or _setup(case.fmt), 3000.0)
 
 
@@ -113,6 +114,7 @@ def test_saved_cases_resume_without_a_gpu_and_give_the_ratios(tmp_path: Path, mo
     assert by[("bf16 no-fse", 8)]["fse_vs_unfused"] is None
     assert by[("quark-w8a8-int8 fse", 1)]["fse_vs_unfused"] is None  # its unfused case was not run
     assert by[("quark-w8a8-int8 fse", 1)]["floor_vs_bf16"] == pytest.approx(0.5 / 0.4)
+    assert by[("quark-w8a8-int8 fse", 1)]["bound_vs_bf16"] == pytest.approx(0.7 / 0.6)  # the same cache on both sides
     assert len(report["rows"]) == 8
     assert "quark-w8a8-int8 fse" in capsys.readouterr().out
 

@@ -85,7 +85,7 @@ def test_the_byte_ratio_counts_verify_draft_extend_and_the_remaining_draft_forwa
 
 @pytest.mark.parametrize(("argv", "message"), [(["--acceptance", "0"], "expected shares in (0, 1]"),
                                                (["--spec", "5,1"], "num-steps,eagle-topk,num-draft-tokens"),
-                                               (["--layers", "4,x"], "expected positive layer counts")])  # fmt: skip
+                                               (["--layers", "4,x"], "expected positive whole numbers")])  # fmt: skip
 def test_bad_acceptance_spec_or_layers_is_a_usage_error(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit):
         bench_spec.main([*argv, "--out", str(tmp_path)])

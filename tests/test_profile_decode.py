@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.perf import bench_decode, profile_decode
+from eval.perf import bench_decode, byte_bound, profile_decode
+from sglang_ext.fixtures.model_config import model_config
 
 
 def _kernel(name: str, ts: float, dur: float, stream: int = 7, correlation: int = 0, grid: list[int] | None = None) -> dict:
@@ -98,6 +99,7 @@ def test_saved_traces_are_summarised_without_a_gpu(tmp_path: Path, monkeypatch, 
     assert profile_decode.main() == 1  # the no-fse trace holds no kernel
     report = json.loads((tmp_path / "profile_decode.json").read_text())
     assert [p["groups_us"] for p in report["profiles"]] == [{"moe": 25.0}]
+    assert list(report["profiles"][0]["group_gbs"]) == ["moe"]  # the groups that ran a kernel
     assert "no GPU kernel" in report["failures"]["bf16 no-fse"]
     assert "fused_moe_kernel" in capsys.readouterr().out
     # traces of one step do not stand for five: they are retaken, which needs the GPU
@@ -120,3 +122,20 @@ def test_graph_time_ratios_against_bf16_and_unfused() -> None:
     assert bf16.graph_vs_bf16 == 1.0 and int8.graph_vs_bf16 == pytest.approx(1.1)
     assert int8.graph_fse_vs_unfused == pytest.approx(1.05) and int8_unfused.graph_fse_vs_unfused is None
     assert no_graph.graph_vs_bf16 is None  # a run without CUDA graphs has no replay to compare
+
+
+def test_each_group_is_rated_by_the_bytes_it_must_read() -> None:
+    """MoE by the experts a batch touches (the shared expert among them where fused), GEMMs by the other
+    weights, DeltaNet by its state, attention by the KV: bytes / kernel time, GB/s."""
+    groups = {"moe": 20.0, "gemm": 40.0, "deltanet": 5.0, "attention": 4.0, "other": 9.0}
+    fused, unfused = profile_decode.with_group_bandwidth(
+        [profile_decode.StepProfile("int8 fse", "quark-w8a8-int8", True, 8, 5, 500, 1.0, 2.0, 80.0, dict(groups)),
+         profile_decode.StepProfile("int8 no-fse", "quark-w8a8-int8", False, 8, 5, 500, 1.0, 2.0, 80.0, {"moe": 20.0})],
+        "tiny", 4)  # fmt: skip
+    config = model_config("tiny", 4, bench_decode.vocab_size("tiny"))
+    step = byte_bound.step_bytes(byte_bound.planned_entries("quark-w8a8-int8", config), config, 8,
+                                 profile_decode.PROFILE_CONTEXT, fse=True)  # fmt: skip
+    assert fused.group_gbs == pytest.approx({"moe": step.experts / 20e3, "gemm": step.dense / 40e3,
+                                             "deltanet": step.deltanet_state / 5e3, "attention": step.kv / 4e3})  # fmt: skip
+    assert unfused.group_gbs["moe"] < fused.group_gbs["moe"]  # the shared expert's bytes are the GEMMs' there
+    assert list(unfused.group_gbs) == ["moe"]

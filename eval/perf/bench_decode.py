@@ -14,7 +14,9 @@ allows both. It prints one table and writes bench_decode.json:
 median decode step latency and tok/s per batch size, per-layer milliseconds, the ratio against BF16 at the
 same batch size from this same run, and a roofline: the weight bytes one decode step must read (every
 dense weight, plus the routed experts a batch of that size touches on average under uniform routing)
-divided by the HBM bandwidth measured here, and the fraction of it achieved.
+divided by the HBM bandwidth measured here, and the fraction of it achieved. "+cache × BF16" is the speed-up
+bound with the cache every format reads alike added to both sides (`eval.perf.byte_bound`: the DeltaNet state,
+gigabytes per step from batch 32 up, and the KV).
 
 Each case's numbers are saved under OUT/cases/ as soon as it finishes, with the shape, layer count and
 SGLang options it ran with, and a later run with the same --out skips the cases saved with the options it
@@ -54,12 +56,13 @@ from pathlib import Path
 from typing import Any
 
 from launch import server
-from eval.perf.byte_bound import decode_bytes
+from eval.perf import byte_bound
 from launch.errors import LaunchError
 from launch.recipe import load_recipe, recipe_paths
 from sglang_ext import moe_configs
 from sglang_ext.fixtures import STAMP_FILE, write_fixture
 from sglang_ext.fixtures.model_config import SHAPES, padded_vocab_size
+from sglang_ext.formats.safetensors_headers import read_checkpoint
 
 FSE_FORMATS = ("bf16", "quark-w8a8-int8", "quark-mxfp4-fse")  # shared expert in the routed precision
 TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs SGLang's Triton fused kernel
@@ -152,6 +155,8 @@ class Row:
     bandwidth_fraction: float
     vs_bf16: float | None = None
     floor_vs_bf16: float | None = None  # the speed-up over BF16 the weight bytes allow
+    bound_ms: float | None = None  # floor_ms plus the cache every format reads alike (DeltaNet state, KV)
+    bound_vs_bf16: float | None = None  # the speed-up over BF16 those bytes allow
     fse_vs_unfused: float | None = None
     tuned_vs_stock: float | None = None
     variant: str = ""
@@ -270,12 +275,15 @@ def run_case(checkpoint: Path, options: FormatOptions, case: Case, batches: list
 
 def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: int, bandwidth_gbs: float) -> list[Row]:
     config = json.loads((checkpoint / "config.json").read_text())
+    entries = read_checkpoint(checkpoint)
     rows = []
     for batch, row in sorted(measured.items()):
         latency = row["median_decode_latency"]
-        floor = decode_bytes(checkpoint, config, batch) / (bandwidth_gbs * 1e9)
+        step = byte_bound.step_bytes(entries, config, batch, byte_bound.ONE_BATCH_CONTEXT, fse=bool(case.fse))
+        floor, bound = step.weights / (bandwidth_gbs * 1e9), step.total / (bandwidth_gbs * 1e9)
         rows.append(Row(case.label, case.fmt, case.fse, case.stock_moe_configs, batch, latency * 1e3, batch / latency,
-                        latency * 1e3 / layers, floor * 1e3, floor / latency, variant=case.variant))  # fmt: skip
+                        latency * 1e3 / layers, floor * 1e3, floor / latency, variant=case.variant,
+                        bound_ms=bound * 1e3))  # fmt: skip
     return rows
 
 
@@ -288,9 +296,9 @@ def speedup(reference: Any, row: Any, field: str) -> float | None:
 
 def with_ratios(rows: list[Row]) -> list[Row]:
     """Fill, at the same batch size: each row's speed-up over BF16 (FSE on, shipped configs, its own options)
-    and the one its weight bytes allow; for FSE-on rows the speed-up over the same format unfused; for the
-    shipped-config rows of a format also measured with SGLang's stock configs, the tuned/stock ratio; and for
-    a variant's rows the speed-up over the format's own options."""
+    and the ones its weight bytes, and its weight and cache bytes, allow; for FSE-on rows the speed-up over the
+    same format unfused; for the shipped-config rows of a format also measured with SGLang's stock configs, the
+    tuned/stock ratio; and for a variant's rows the speed-up over the format's own options."""
     by = {(r.fmt, r.fse, r.stock_moe_configs, r.variant, r.batch): r for r in rows}
     for r in rows:
         baseline = by.get((BASELINE.fmt, BASELINE.fse, False, "", r.batch))
@@ -299,6 +307,7 @@ def with_ratios(rows: list[Row]) -> list[Row]:
         default = by.get((r.fmt, r.fse, r.stock_moe_configs, "", r.batch)) if r.variant else None
         r.vs_bf16 = speedup(baseline, r, "decode_ms")
         r.floor_vs_bf16 = speedup(baseline, r, "floor_ms")
+        r.bound_vs_bf16 = speedup(baseline, r, "bound_ms")
         r.fse_vs_unfused = speedup(unfused, r, "decode_ms")
         r.tuned_vs_stock = speedup(stock, r, "decode_ms")
         r.vs_default = speedup(default, r, "decode_ms")
@@ -325,23 +334,12 @@ def load_cases(folder: Path, setups: dict[str, dict]) -> dict[str, list[Row]]:
 ALL_FORMATS = "bf16,quark-w8a8-int8,quark-mxfp4-fse,modelopt-nvfp4,ct-mxfp4"
 
 
-def layer_counts(text: str) -> list[int]:
-    """argparse type of a list of decoder layer counts, "4,16"."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive layer counts, e.g. 4,16; got {text!r}")
-    return values
-
-
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, formats: str = ALL_FORMATS, several_depths: bool = False) -> None:
     """The options that pick the real-shaped checkpoints and SGLang's options per format (shared by the
     decode, profile, serving and speculative benchmarks; the last takes several layer counts)."""
     parser.add_argument("--shape", default="qwen3.5-35b-a3b")
     if several_depths:
-        parser.add_argument("--layers", type=layer_counts, default=[8],
+        parser.add_argument("--layers", type=byte_bound.positive_ints, default=[8],
                             help="decoder layer counts, e.g. 4,16 (default 8); two or more fit a line per case")  # fmt: skip
     else:
         parser.add_argument("--layers", type=int, default=20, help="decoder layers (disk, memory); per-layer ms reported")
@@ -363,8 +361,6 @@ def measurable(pending: list[Case]) -> tuple[list[Case], dict[str, str]]:
     print(f"error: {', '.join(c.label for c in pending)}: {NO_GPU}; reporting what --out already holds\n"
           "fix: rerun with the same --out on a GPU machine to measure the rest", file=sys.stderr)  # fmt: skip
     return [], {case.label: NO_GPU for case in pending}
-
-
 
 
 def format_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, FormatOptions]:
@@ -459,15 +455,15 @@ def print_table(rows: list[Row], shape: str, layers: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"decode, {shape} with {layers} layers (sglang.benchmark.one_batch, in 256 / out 32)")
-    columns = ("case", "batch", "ms/step", "tok/s", "ms/layer", "× BF16", "floor × BF16", "FSE on/off", "tuned/stock cfg",
-               "× default", "floor ms", "of floor")  # fmt: skip
+    columns = ("case", "batch", "ms/step", "tok/s", "ms/layer", "× BF16", "floor × BF16", "+cache × BF16", "FSE on/off",
+               "tuned/stock cfg", "× default", "floor ms", "of floor")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(r.case, str(r.batch), f"{r.decode_ms:.2f}", f"{r.tok_s:.0f}", f"{r.ms_per_layer:.3f}", ratio(r.vs_bf16),
-                      ratio(r.floor_vs_bf16), ratio(r.fse_vs_unfused), ratio(r.tuned_vs_stock), ratio(r.vs_default), f"{r.floor_ms:.2f}",
+                      ratio(r.floor_vs_bf16), ratio(r.bound_vs_bf16), ratio(r.fse_vs_unfused), ratio(r.tuned_vs_stock), ratio(r.vs_default), f"{r.floor_ms:.2f}",
                       f"{r.bandwidth_fraction:.0%}")  # fmt: skip
-    Console(width=185).print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

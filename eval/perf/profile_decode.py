@@ -12,7 +12,9 @@ so work overlapped on two streams counts once); the step's span from its first k
 span of the kernels its CUDA-graph replay ran ("graph": the forward pass on the GPU, free of the host work
 between steps); and the kernel time of each group (routed MoE, DeltaNet, attention, dense GEMMs, norms,
 sampling, other) with the kernels that weigh most, by name and, in the JSON, by launch (name, grid,
-stream). A step whose busy time is far below its span waits on
+stream), and the rate each group reached on the bytes it must read (`eval.perf.byte_bound`: the MoE its
+experts, the GEMMs the other weights, DeltaNet its state, attention the KV; GB/s against the HBM copy
+bandwidth). A step whose busy time is far below its span waits on
 the host; one with many short kernels is bound by kernel count rather than by bytes. Graph time is the
 steadiest number to compare cases by, since host work between replays varies with what else the host
 runs. Prints a table with graph-time ratios (against BF16, FSE on/off) and writes profile_decode.json;
@@ -33,7 +35,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval.perf import bench_decode
+from eval.perf import bench_decode, byte_bound
+from sglang_ext.fixtures.model_config import model_config
 
 # First match wins; names are lower-cased. The MoE group holds routing too (top-k, align, sum).
 GROUPS: tuple[tuple[str, str], ...] = (
@@ -67,6 +70,9 @@ class StepProfile:
     # The heaviest launches told apart by grid and stream (a GEMV's grid names its weight's N and K split;
     # the stream, whether it overlapped another kernel): (name, grid, stream, launches and µs per step).
     top_launches: list[tuple[str, str, int, float, float]] = field(default_factory=list)
+    # Bytes the group must read over its kernel time (GB/s): MoE the experts, gemm the other weights, deltanet
+    # its state, attention the KV (`byte_bound.step_bytes`); the copy bandwidth is the ceiling.
+    group_gbs: dict[str, float] = field(default_factory=dict)
     graph_vs_bf16: float | None = None  # BF16 (FSE on) graph time / this one's, same batch size
     graph_fse_vs_unfused: float | None = None  # FSE-on rows: the same format unfused / fused, graph time
 
@@ -147,6 +153,21 @@ def traced(traces: Path, case: bench_decode.Case, batches: list[int], setup: dic
             and all(trace_file(traces, case, b).exists() for b in batches))  # fmt: skip
 
 
+# one_batch as profiled here: 256 prompt tokens, then 16 decoded.
+PROFILE_CONTEXT = 256 + 16 // 2
+
+
+def with_group_bandwidth(profiles: list[StepProfile], shape: str, layers: int) -> list[StepProfile]:
+    """Fill each profile's `group_gbs` from the bytes its format's checkpoint layout gives each group."""
+    config = model_config(shape, layers, bench_decode.vocab_size(shape))
+    entries = {fmt: byte_bound.planned_entries(fmt, config) for fmt in dict.fromkeys(p.fmt for p in profiles)}
+    for p in profiles:
+        step = byte_bound.step_bytes(entries[p.fmt], config, p.batch, PROFILE_CONTEXT, fse=bool(p.fse))
+        needed = {"moe": step.experts, "gemm": step.dense, "deltanet": step.deltanet_state, "attention": step.kv}
+        p.group_gbs = {g: needed[g] / (p.groups_us[g] * 1e3) for g in needed if p.groups_us.get(g)}
+    return profiles
+
+
 def with_graph_ratios(profiles: list[StepProfile]) -> list[StepProfile]:
     by = {(p.fmt, p.fse, p.batch): p for p in profiles}
     for p in profiles:
@@ -172,7 +193,15 @@ def print_table(profiles: list[StepProfile]) -> None:
                       f"{p.graph_us:.0f}" if p.graph_us else "", bench_decode.ratio(p.graph_vs_bf16),
                       bench_decode.ratio(p.graph_fse_vs_unfused),
                       *(f"{p.groups_us.get(g, 0.0):.0f}" for g in groups), f"{name[:40]} {us:.0f}")  # fmt: skip
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    rates = Table(title="bytes each group must read over its kernel time (GB/s; the HBM copy bandwidth is the ceiling)")
+    measured = ["moe", "gemm", "deltanet", "attention"]
+    for column in ("case", "batch", *measured):
+        rates.add_column(column, justify="right")
+    for p in profiles:
+        rates.add_row(p.case, str(p.batch), *(f"{p.group_gbs[g]:.0f}" if g in p.group_gbs else "" for g in measured))
+    console.print(rates)
 
 
 def main() -> int:
@@ -207,7 +236,7 @@ def main() -> int:
         except ValueError as error:  # a trace without GPU kernels
             failures[case.label] = str(error)
             print(f"{case.label}: FAILED\n{error}", flush=True)
-    profiles = with_graph_ratios(profiles)
+    profiles = with_graph_ratios(with_group_bandwidth(profiles, args.shape, args.layers))
     report = {"shape": args.shape, "layers": args.layers, "profiles": [asdict(p) for p in profiles], "failures": failures}
     (args.out / "profile_decode.json").write_text(json.dumps(report, indent=2) + "\n")
     if profiles:
