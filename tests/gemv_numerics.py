@@ -34,3 +34,15 @@ def int32_products(x_q: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x_q.is_cuda:
         return (x_q.double() @ weight.double().T).long()
     return x_q.long() @ weight.long().T
+
+
+def per_token_quant_int8_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SGLang's ``per_token_quant_int8`` (its Triton kernel's arithmetic): float32 absmax of each row (at least
+    1e-10), ``x * (127 / absmax)`` rounded half away from zero (libdevice's roundf), scale ``absmax / 127``."""
+    x32 = x.float()
+    absmax = x32.abs().amax(dim=-1, keepdim=True).clamp_min(1e-10)
+    # Tensor over tensor: one float32 division (torch takes a number over a tensor as its reciprocal times it).
+    multiplier = torch.full_like(absmax, 127) / absmax
+    scaled = (x32 * multiplier).double()  # float32 products, rounded below exactly in float64
+    x_q = (scaled.sign() * (scaled.abs() + 0.5).floor()).to(torch.int8)
+    return x_q, absmax / 127

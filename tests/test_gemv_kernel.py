@@ -10,8 +10,8 @@ import torch
 import triton
 
 from sglang_ext.kernels import gemv as kernels
-from sglang_ext.kernels.gemv import CONFIGS, gemv, int8_scaled_gemv
-from tests.gemv_numerics import exact, int32_products, within_rounding
+from sglang_ext.kernels.gemv import CONFIGS, gemv, int8_gemv, int8_scaled_gemv
+from tests.gemv_numerics import exact, int32_products, per_token_quant_int8_reference, within_rounding
 from tests.triton_cpu import BF16_ROUNDING, bf16_dot, sm90_ptx  # noqa: F401 (fixture)
 
 
@@ -137,19 +137,59 @@ def test_k_is_split_only_while_sms_would_idle() -> None:
     assert splits[(64, 2048)] == {1, 2, 4}  # 4 blocks; 16 x 512 K steps allow 4 splits of 2048
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["bf16", "int8"])
+@pytest.mark.parametrize("m", [1, 3, kernels.MAX_M])
+@pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("cfg", [WHOLE_K, SPLIT_K], ids=["whole-k", "split-k"])
-def test_lowers_for_hopper_as_designed(int8: bool, cfg: triton.Config) -> None:
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_int8_gemv_is_per_token_quant_then_int8_scaled_gemv(m: int, n: int, k: int, cfg: triton.Config,
+                                                            out_dtype: torch.dtype) -> None:  # fmt: skip
+    """Quantizing in the kernel gives the int8 rows and scales per_token_quant_int8 gives, so the very output of
+    the two-step path, bit for bit."""
+    generator = torch.Generator().manual_seed(m * 100 + n)
+    x = (torch.randn(m, k, generator=generator) * torch.rand(m, 1, generator=generator) * 4).bfloat16()
+    weight = torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8)
+    w_scale = torch.rand(n, 1, generator=generator) / 100
+    bias = torch.randn(n, generator=generator).to(out_dtype) if m % 2 else None
+    x_q, x_scale = per_token_quant_int8_reference(x)
+    two_steps = int8_scaled_gemv(x_q, x_scale, weight, w_scale, out_dtype, bias, config=cfg)
+    assert torch.equal(int8_gemv(x, weight, w_scale, out_dtype, bias, config=cfg), two_steps)
+
+
+def test_int8_gemv_rounds_halves_away_from_zero_as_roundf() -> None:
+    """A row whose absmax is 127 is scaled by exactly 1: its int8 values are the row's own, halves rounded away
+    from zero (libdevice's roundf, as per_token_quant_int8), not to even (torch.round)."""
+    k = 2048
+    row = torch.zeros(k)
+    values = torch.tensor([127.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.498046875, -126.5])  # all exact in bfloat16
+    row[: len(values)] = values
+    picks = torch.zeros(len(values), k, dtype=torch.int8)
+    picks[torch.arange(len(values)), torch.arange(len(values))] = 1  # output j = x_q[j]
+    out = int8_gemv(row.bfloat16()[None], picks, torch.ones(len(values)), torch.float32, config=WHOLE_K)
+    assert out[0].tolist() == [127, 1, -1, 2, -2, 3, -3, 0, -127]
+    assert torch.round(values).tolist() != out[0].tolist()
+
+
+def test_int8_gemv_refuses_x_of_another_dtype() -> None:
+    with pytest.raises(ValueError, match="int8_gemv quantizes bfloat16 x itself, got torch.int8 x"):
+        int8_gemv(torch.zeros(1, 2048, dtype=torch.int8), torch.zeros(8, 2048, dtype=torch.int8), torch.ones(8),
+                  torch.bfloat16, config=WHOLE_K)  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["bf16", "int8", "int8+quantize"])
+@pytest.mark.parametrize("cfg", [WHOLE_K, SPLIT_K], ids=["whole-k", "split-k"])
+def test_lowers_for_hopper_as_designed(variant: str, cfg: triton.Config) -> None:
     """On sm90: weight and activation tiles by 16-byte cp.async into shared memory, tensor-core mma, and with
     split K a gpu-scope acquire-release ticket per program and the partials read back from L2."""
-    element = "*i8" if int8 else "*bf16"
+    int8, quantize = variant != "bf16", variant == "int8+quantize"
     split = cfg.kwargs["SPLIT_K"] > 1
-    pointers = {"x_ptr": element, "w_ptr": element, "out_ptr": "*bf16", "bias_ptr": "*bf16",
-                "x_scale_ptr": "*fp32" if int8 else "constexpr", "w_scale_ptr": "*fp32" if int8 else "constexpr",
+    pointers = {"x_ptr": "*i8" if int8 and not quantize else "*bf16", "w_ptr": "*i8" if int8 else "*bf16",
+                "out_ptr": "*bf16", "bias_ptr": "*bf16",
+                "x_scale_ptr": "*fp32" if int8 and not quantize else "constexpr",
+                "w_scale_ptr": "*fp32" if int8 else "constexpr",
                 "partials_ptr": ("*i32" if int8 else "*fp32") if split else "constexpr",
                 "tickets_ptr": "*i32" if split else "constexpr"}  # fmt: skip
     sizes = dict.fromkeys(("M", "N", "K", "stride_xm", "M_BUCKET"), "i32")
-    meta = {"HAS_BIAS": True, "INT8": int8, "BLOCK_M": kernels.BLOCK_M, **cfg.kwargs}
+    meta = {"HAS_BIAS": True, "INT8": int8, "QUANTIZE_X": quantize, "BLOCK_M": kernels.BLOCK_M, **cfg.kwargs}
     signature = {**pointers, **sizes, **dict.fromkeys(meta, "constexpr")}
     unused = {arg: None for arg, kind in pointers.items() if kind == "constexpr"}
     ptx = sm90_ptx("sglang_ext.kernels.gemv:_gemv_kernel", signature, {**meta, **unused},

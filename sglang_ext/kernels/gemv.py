@@ -14,13 +14,18 @@ over the bandwidth it reaches; cuBLAS's M = 1 kernels reach about half of the co
 * tile shape, split and pipeline depth are autotuned per (N, K, M rounded up to a power of 2) on the first
   call of each, and the timings are kept in Triton's cache directory for the next process.
 
-Two entry points over one kernel:
+Three entry points over one kernel:
 
 * :func:`gemv`: what ``F.linear(x, weight, bias)`` computes in BF16/FP16: float32 accumulation, the bias
   added in float32, one rounding to the output dtype.
 * :func:`int8_scaled_gemv`: what sgl_kernel's ``int8_scaled_mm`` computes on sm90 (SGLang's W8A8 INT8 linear
   after ``per_token_quant_int8``): int8 x int8 products summed in int32, then
   ``x_scale * (w_scale * float(acc))``, with a bias as one fused multiply-add, in float32, one rounding.
+* :func:`int8_gemv`: both of SGLang's W8A8 INT8 steps in one launch: each program quantizes the BF16 rows as
+  ``per_token_quant_int8`` does (absmax over the whole row, ``round(x * (127 / absmax))``, scale
+  ``absmax / 127``) and goes on as :func:`int8_scaled_gemv`. At a few tokens the separate quantization is a
+  launch of its own per linear (55 per 20-layer decode step of the 35B with its shared expert fused); here
+  each program reads its rows (a few KB, from L2) once more instead.
 """
 
 from __future__ import annotations
@@ -83,13 +88,35 @@ def _bench(kernel_call, quantiles):
 
 
 @triton.jit
-def _store_output(acc, out_ptr, bias_ptr, x_scale_ptr, w_scale_ptr, rows, cols, M, N,
+def _row_absmax(x_ptr, rows, row_in, stride_xm, K, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """per_token_quant_int8's absmax of each row over all of K, at least 1e-10 (rows past M: 1e-10)."""
+    absmax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    ks = tl.arange(0, BLOCK_K)
+    for start in range(0, K, BLOCK_K):
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + (start + ks)[None, :], mask=row_in[:, None], other=0.0)
+        absmax = tl.maximum(absmax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+    return tl.maximum(absmax, 1e-10)
+
+
+@triton.jit
+def _quantize(x, multiplier):
+    """per_token_quant_int8's int8 rows: x * (127 / absmax) in float32, rounded half away from zero as
+    libdevice's roundf (which the interpreter lacks): the truncation toward zero, and one more unit where the
+    remainder, exact in float32, is half or more."""
+    scaled = x.to(tl.float32) * multiplier[:, None]
+    whole = scaled.to(tl.int32)
+    remainder = scaled - whole.to(tl.float32)
+    whole += tl.where(remainder >= 0.5, 1, 0) - tl.where(remainder <= -0.5, 1, 0)
+    return whole.to(tl.int8)
+
+
+@triton.jit
+def _store_output(acc, out_ptr, bias_ptr, x_scale, w_scale_ptr, rows, cols, M, N,
                   HAS_BIAS: tl.constexpr, INT8: tl.constexpr):  # fmt: skip
     row_in, col_in = rows < M, cols < N
     if INT8:
         # sgl_kernel's sm90 epilogue: w_scale * float(acc), then x_scale times that (+ bias, one fma), in float32.
         w_scale = tl.load(w_scale_ptr + cols, mask=col_in, other=0.0)
-        x_scale = tl.load(x_scale_ptr + rows, mask=row_in, other=0.0)
         out = w_scale[None, :] * acc.to(tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + cols, mask=col_in, other=0.0).to(tl.float32)
@@ -109,7 +136,7 @@ def _store_output(acc, out_ptr, bias_ptr, x_scale_ptr, w_scale_ptr, rows, cols, 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, x_scale_ptr, w_scale_ptr, partials_ptr, tickets_ptr,
                  M, N, K, stride_xm, M_BUCKET,
-                 HAS_BIAS: tl.constexpr, INT8: tl.constexpr, BLOCK_M: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, INT8: tl.constexpr, QUANTIZE_X: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):  # fmt: skip
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -120,18 +147,27 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, x_scale_ptr, w_scale_ptr, part
     x_ptrs = x_ptr + rows[:, None] * stride_xm + ks[None, :]
     w_ptrs = w_ptr + cols[:, None].to(tl.int64) * K + ks[None, :]  # int64: a vocabulary x hidden may pass 2**31
     row_in, col_in = rows < M, cols < N
+    x_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)  # INT8 only
+    if QUANTIZE_X:
+        absmax = _row_absmax(x_ptr, rows, row_in, stride_xm, K, BLOCK_M, BLOCK_K)
+        multiplier = 127 / absmax  # per_token_quant_int8's very expressions, so the same bits
+        x_scale = absmax / 127
+    elif INT8:
+        x_scale = tl.load(x_scale_ptr + rows, mask=row_in, other=0.0)
     if INT8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(steps):
         x = tl.load(x_ptrs, mask=row_in[:, None], other=0)
+        if QUANTIZE_X:
+            x = _quantize(x, multiplier)
         w = tl.load(w_ptrs, mask=col_in[:, None], other=0)
         acc = tl.dot(x, tl.trans(w), acc, out_dtype=acc.dtype)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if SPLIT_K == 1:
-        _store_output(acc, out_ptr, bias_ptr, x_scale_ptr, w_scale_ptr, rows, cols, M, N, HAS_BIAS, INT8)
+        _store_output(acc, out_ptr, bias_ptr, x_scale, w_scale_ptr, rows, cols, M, N, HAS_BIAS, INT8)
     else:
         tile = row_in[:, None] & col_in[None, :]
         block_partials = partials_ptr + rows[:, None] * N + cols[None, :]  # partials: [SPLIT_K, M, N]
@@ -142,7 +178,7 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, x_scale_ptr, w_scale_ptr, part
             for split in range(SPLIT_K):  # ".cg": read from L2, where the other SMs' stores are
                 total += tl.load(block_partials + split * M * N, mask=tile, other=0, cache_modifier=".cg")
             tl.store(tickets_ptr + pid_n, 0)  # back to zero for the next launch
-            _store_output(total, out_ptr, bias_ptr, x_scale_ptr, w_scale_ptr, rows, cols, M, N, HAS_BIAS, INT8)
+            _store_output(total, out_ptr, bias_ptr, x_scale, w_scale_ptr, rows, cols, M, N, HAS_BIAS, INT8)
 
 
 # One set of arrival tickets per weight, zero between launches (the last program resets its block's). A
@@ -161,19 +197,23 @@ def _weight_tickets(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
-            scales: tuple[torch.Tensor, torch.Tensor] | None, config: triton.Config | None) -> torch.Tensor:  # fmt: skip
+            w_scale: torch.Tensor | None, x_scale: torch.Tensor | None, config: triton.Config | None) -> torch.Tensor:  # fmt: skip
+    """The kernel on `x`: BF16/FP16 with no `w_scale`; INT8 with one, `x` already quantized where `x_scale` is
+    given and BF16 rows for the kernel to quantize where not."""
     n, k = weight.shape
     if not supports(weight):
         raise ValueError(f"gemv takes an [N, K] row-major bf16/fp16/int8 weight with K % {K_MULTIPLE} == 0, got "
                          f"{weight.dtype} {tuple(weight.shape)} strides {weight.stride()}")  # fmt: skip
-    if x.dtype != weight.dtype:
+    int8, quantize_x = w_scale is not None, w_scale is not None and x_scale is None
+    if quantize_x and x.dtype != torch.bfloat16:
+        raise ValueError(f"int8_gemv quantizes bfloat16 x itself, got {x.dtype} x")
+    if not quantize_x and x.dtype != weight.dtype:
         raise ValueError(f"gemv multiplies x and weight of one dtype, got {x.dtype} and {weight.dtype}")
     rows = x.reshape(-1, k)
     m = rows.shape[0]
     if not 1 <= m <= MAX_M or rows.stride(1) != 1:
         raise ValueError(f"gemv takes 1 to {MAX_M} rows with unit stride along K, got {m} rows of stride {rows.stride(1)}")
     out = torch.empty(m, n, dtype=out_dtype, device=x.device)
-    int8 = scales is not None
     kernel = _gemv_kernel if config is None else _gemv_kernel.fn
     meta = {} if config is None else config.all_kwargs()
     candidates = [config] if config is not None else _candidates(_gemv_kernel.configs, n, k, weight.device)
@@ -182,13 +222,13 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ou
     if splits > 1:
         partials = torch.empty(splits, m, n, dtype=torch.int32 if int8 else torch.float32, device=x.device)
         tickets = _weight_tickets(weight)
-    x_scale, w_scale = scales or (None, None)
 
     def grid(meta: dict) -> tuple[int, int]:
         return triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]
 
     kernel[grid](rows, weight, out, bias, x_scale, w_scale, partials, tickets, m, n, k, rows.stride(0),
-                 triton.next_power_of_2(m), HAS_BIAS=bias is not None, INT8=int8, BLOCK_M=BLOCK_M, **meta)  # fmt: skip
+                 triton.next_power_of_2(m), HAS_BIAS=bias is not None, INT8=int8, QUANTIZE_X=quantize_x,
+                 BLOCK_M=BLOCK_M, **meta)  # fmt: skip
     return out.view(*x.shape[:-1], n)
 
 
@@ -199,7 +239,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     `config` (one of CONFIGS) runs that config instead of the tuned one: Triton's interpreter cannot time
     configs, and a benchmark may want one.
     """
-    return _launch(x, weight, bias, x.dtype, None, config)
+    return _launch(x, weight, bias, x.dtype, None, None, config)
 
 
 def int8_scaled_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
@@ -209,4 +249,12 @@ def int8_scaled_gemv(x_q: torch.Tensor, x_scale: torch.Tensor, weight: torch.Ten
     rows: x_q int8 ``[..., K]`` with float32 ``x_scale`` (one per row), weight int8 ``[N, K]`` row-major with
     float32 ``weight_scale`` (one per output channel), bias of ``out_dtype``. float32 ``out_dtype`` returns
     the scaled accumulator unrounded (int8_scaled_mm itself gives bfloat16/float16 only)."""
-    return _launch(x_q, weight, bias, out_dtype, (x_scale.reshape(-1), weight_scale.reshape(-1)), config)
+    return _launch(x_q, weight, bias, out_dtype, weight_scale.reshape(-1), x_scale.reshape(-1), config)
+
+
+def int8_gemv(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, out_dtype: torch.dtype,
+              bias: torch.Tensor | None = None, *, config: triton.Config | None = None) -> torch.Tensor:  # fmt: skip
+    """``int8_scaled_mm(*per_token_quant_int8(x), weight.t(), weight_scale, out_dtype, bias)``, SGLang's W8A8
+    INT8 linear, in one launch for x BF16 ``[..., K]`` of 1 to MAX_M rows: the same int8 rows and scales, so
+    the same output as :func:`int8_scaled_gemv` after ``per_token_quant_int8``."""
+    return _launch(x, weight, bias, out_dtype, weight_scale.reshape(-1), None, config)

@@ -1,7 +1,8 @@
 """sglang_ext.kernels.gemv on the GPU, autotuned, at every dense-linear weight shape of the 35B and the 397B
 per-GPU shape (`eval.perf.bench_gemv.dense_linears`), M = 1 to 8: BF16 within half a bfloat16 ulp plus float32
 summation error of the exact product; INT8 equal to sgl_kernel's int8_scaled_mm bit for bit, its accumulator
-exact; split K deterministic; a CUDA graph captured after the first (tuning) call replays what eager computes;
+exact; the INT8 GEMV that quantizes its own rows equal to per_token_quant_int8 then int8_scaled_mm, bit for bit;
+split K deterministic; a CUDA graph captured after the first (tuning) call replays what eager computes;
 and the hook routes here on sm90. tests/test_gemv_kernel.py checks the same in Triton's interpreter."""
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from eval.perf.bench_gemv import REAL_SHAPES, dense_linears
 from sglang_ext import small_m_gemv
 from sglang_ext.kernels import gemv as kernels
-from sglang_ext.kernels.gemv import int8_scaled_gemv
+from sglang_ext.kernels.gemv import int8_gemv, int8_scaled_gemv
 from tests.gemv_numerics import exact, int32_products, within_rounding
 
 pytestmark = pytest.mark.gpu
@@ -50,6 +51,21 @@ def test_int8_is_int8_scaled_mm_bit_for_bit(n: int, k: int) -> None:
         assert torch.equal(ours, int8_scaled_mm(x_q, weight.t(), x_scale, w_scale, torch.bfloat16)), m
         accumulator = int8_scaled_gemv(x_q, torch.ones_like(x_scale), weight, torch.ones_like(w_scale), torch.float32)
         assert torch.equal(accumulator.long(), int32_products(x_q, weight)), m  # below 2**24: exact in float32
+
+
+@pytest.mark.parametrize("n,k", INT8_SHAPES, ids=map(shape_id, INT8_SHAPES))
+def test_int8_gemv_is_sglangs_two_steps_bit_for_bit(n: int, k: int) -> None:
+    """SGLang's W8A8 INT8 linear, per_token_quant_int8 then int8_scaled_mm, in one launch: the same output."""
+    from sgl_kernel import int8_scaled_mm
+    from sglang.kernels.ops.quantization.int8_kernel import per_token_quant_int8
+
+    weight = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+    w_scale = torch.rand(n, 1, device="cuda") / 100
+    for m in TOKENS:
+        x = (torch.randn(m, k, device="cuda") * torch.rand(m, 1, device="cuda") * 4).bfloat16()  # rows of many ranges
+        x_q, x_scale = per_token_quant_int8(x)
+        assert torch.equal(int8_gemv(x, weight, w_scale, torch.bfloat16),
+                           int8_scaled_mm(x_q, weight.t(), x_scale, w_scale, torch.bfloat16)), m  # fmt: skip
 
 
 SPLIT_K = next(c for c in kernels.CONFIGS if c.kwargs == {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 8})
