@@ -10,8 +10,10 @@ with a warning), or with ``SGLANG_EXT_SMALL_M_GEMV=all`` every one (to try it wh
 * ``UnquantizedLinearMethod.apply``: every BF16 Linear (attention and DeltaNet projections, router, shared
   expert and its gate, and whatever a quantized checkpoint keeps in BF16);
 * ``LogitsProcessor._compute_lm_head``'s plain matmul: the BF16 lm_head;
-* ``QuarkW8A8Int8.apply_weights``' ``int8_scaled_mm``: this repository's Quark INT8 linears, after the same
-  ``per_token_quant_int8``.
+* ``QuarkW8A8Int8.apply_weights``: this repository's Quark INT8 linears, both steps in one launch
+  (:func:`~sglang_ext.kernels.gemv.int8_gemv` quantizes the rows as ``per_token_quant_int8`` does) where that
+  was measured faster than SGLang's two (``int8+quant``), else SGLang's ``per_token_quant_int8`` and the GEMV
+  for ``int8_scaled_mm`` where that was (``int8``).
 
 Everything else keeps SGLang's path: more tokens, other GPUs and dtypes, and code torch.compile traces
 (piecewise CUDA graphs), which the autotuned launch would not survive.
@@ -36,7 +38,7 @@ from sglang.srt.layers.quantization.unquant import UnquantizedEmbeddingMethod, U
 
 from sglang_ext.kernels import gemv as kernels
 from sglang_ext.kernels import gemv_wins
-from sglang_ext.kernels.gemv import gemv, int8_scaled_gemv
+from sglang_ext.kernels.gemv import gemv, int8_gemv, int8_scaled_gemv
 from sglang_ext.quantization.quark.w8a8_int8 import QuarkW8A8Int8
 
 ENV = "SGLANG_EXT_SMALL_M_GEMV"
@@ -78,10 +80,11 @@ def _unmeasured(device: torch.device) -> None:
                    torch.cuda.get_device_name(device), gemv_wins.WINS_FILE.name, ENV, EVERY_POINT)  # fmt: skip
 
 
-def routes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def routes(x: torch.Tensor, weight: torch.Tensor, quantizing: bool = False) -> bool:
     """Whether the GEMV computes ``x @ weight^T``: 1 to MAX_M BF16 rows on CUDA sm90, a weight the kernel
     takes (BF16 or INT8), no torch.compile tracing, and a point (dtype, N, K, M) where the benchmark measured
-    it faster than SGLang's path on this GPU model (with EVERY_POINT: any point)."""
+    it faster than SGLang's path on this GPU model (with EVERY_POINT: any point); `quantizing`: the INT8 GEMV
+    that quantizes x itself, against SGLang's quantization and int8_scaled_mm."""
     k = x.shape[-1]
     m = x.numel() // k
     if not (
@@ -101,7 +104,8 @@ def routes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if wins is None:
         _unmeasured(x.device)
         return False
-    return ("int8" if weight.dtype == torch.int8 else "bf16", weight.shape[0], k, m) in wins
+    dtype = ("int8+quant" if quantizing else "int8") if weight.dtype == torch.int8 else "bf16"
+    return (dtype, weight.shape[0], k, m) in wins
 
 
 def _route_unquantized(stock: Callable) -> Callable:
@@ -135,9 +139,14 @@ def _route_quark_int8(stock: Callable) -> Callable:
     def apply_weights(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         # On the int8_scaled_mm path the weight is held as its [K, N] column-major view; .t() is the
         # checkpoint's [N, K] rows again, without a copy.
-        if self.use_kernel and routes(x, layer.weight.t()):
+        if not self.use_kernel:
+            return stock(self, layer, x, bias)
+        weight = layer.weight.t()
+        if routes(x, weight, quantizing=True):
+            return int8_gemv(x, weight, layer.weight_scale, x.dtype, bias)
+        if routes(x, weight):
             x_q, x_scale = per_token_quant_int8(x.contiguous())
-            return int8_scaled_gemv(x_q, x_scale, layer.weight.t(), layer.weight_scale, x.dtype, bias)
+            return int8_scaled_gemv(x_q, x_scale, weight, layer.weight_scale, x.dtype, bias)
         return stock(self, layer, x, bias)
 
     return apply_weights

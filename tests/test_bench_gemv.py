@@ -63,7 +63,7 @@ def test_rows_are_kept_as_they_are_measured(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(bench_gemv.torch.cuda, "get_device_capability", lambda: (9, 0))
     monkeypatch.setattr(bench_gemv, "hbm_bandwidth_gbs", lambda: 4000.0)
     monkeypatch.setattr(bench_gemv, "bench_bf16", timed)
-    monkeypatch.setattr(bench_gemv, "bench_int8", timed)
+    monkeypatch.setattr(bench_gemv, "bench_int8", lambda n, k, m: {"int8": timed(n, k, m), "int8+quant": timed(n, k, m)})
     with pytest.raises(KeyboardInterrupt):
         bench_gemv.main(["--shapes", "qwen3.5-35b-a3b", "--m", "1", "--out", str(tmp_path)])
     kept = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
@@ -79,10 +79,11 @@ def test_wins_keep_only_points_the_gemv_won_everywhere_and_other_gpus_entries(tm
     wins.write_text(json.dumps({"NVIDIA H100 80GB HBM3": {"measured": "before", "bf16": {"64x2048": [1]}, "int8": {}}}))
     rows = [_row(2048, 4096, "bf16", 1, 1.20), _row(2048, 4096, "bf16", 8, 1.01),  # within noise: SGLang's
             _row(4096, 2048, "bf16", 1, 1.10), _row(4096, 2048, "bf16", 1, 0.90, "qwen3.5-397b-a17b-tp4"),  # lost once
-            _row(64, 2048, "int8", 2, 1.9)]  # fmt: skip
+            _row(64, 2048, "int8", 2, 1.9), _row(64, 2048, "int8+quant", 2, 2.4), _row(64, 2048, "int8+quant", 4, 1.0)]  # fmt: skip
     entry = gemv_wins.record("NVIDIA H200", rows, "test", wins)
-    assert entry == {"measured": "test", "bf16": {"2048x4096": [1], "4096x2048": []}, "int8": {"64x2048": [2]}}
-    assert gemv_wins.load("NVIDIA H200", wins) == {("bf16", 2048, 4096, 1), ("int8", 64, 2048, 2)}
+    assert entry == {"measured": "test", "bf16": {"2048x4096": [1], "4096x2048": []}, "int8": {"64x2048": [2]},
+                     "int8+quant": {"64x2048": [2]}}  # fmt: skip
+    assert gemv_wins.load("NVIDIA H200", wins) == {("bf16", 2048, 4096, 1), ("int8", 64, 2048, 2), ("int8+quant", 64, 2048, 2)}
     assert gemv_wins.load("NVIDIA H100 80GB HBM3", wins) == {("bf16", 64, 2048, 1)}
     assert gemv_wins.load("NVIDIA B200", wins) is None  # never measured: SGLang's path (=all: by M alone)
 
@@ -91,4 +92,4 @@ def test_the_shipped_wins_are_points_the_kernel_takes() -> None:
     table = json.loads(gemv_wins.WINS_FILE.read_text())
     for gpu in table:
         for dtype, n, k, m in gemv_wins.load(gpu):
-            assert dtype in ("bf16", "int8") and n > 0 and k % K_MULTIPLE == 0 and 1 <= m <= MAX_M, (gpu, dtype, n, k, m)
+            assert dtype in gemv_wins.DTYPES and n > 0 and k % K_MULTIPLE == 0 and 1 <= m <= MAX_M, (gpu, dtype, n, k, m)

@@ -26,9 +26,10 @@ from sglang.srt.runtime_context import get_context, get_parallel  # noqa: E402
 
 from sglang_ext import small_m_gemv  # noqa: E402
 from sglang_ext.fixtures import quant_configs  # noqa: E402
-from sglang_ext.kernels.gemv import CONFIGS, MAX_M, gemv, int8_scaled_gemv  # noqa: E402
+from sglang_ext.kernels.gemv import CONFIGS, MAX_M, gemv, int8_gemv, int8_scaled_gemv  # noqa: E402
 from sglang_ext.quantization.quark import w8a8_int8  # noqa: E402
 from sglang_ext.quantization.quark.config import register_quark_int8  # noqa: E402
+from tests.gemv_numerics import per_token_quant_int8_reference as per_token_quant_int8  # noqa: E402
 from tests.gemv_numerics import within_rounding  # noqa: E402
 from tests.triton_cpu import BF16_ROUNDING, bf16_dot  # noqa: E402,F401 (fixture)
 
@@ -70,6 +71,7 @@ def routed(monkeypatch: pytest.MonkeyPatch, stock, bf16_dot) -> list[str]:
     monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: None)
     monkeypatch.setattr(small_m_gemv, "gemv", recorded(gemv))
     monkeypatch.setattr(small_m_gemv, "int8_scaled_gemv", recorded(int8_scaled_gemv))
+    monkeypatch.setattr(small_m_gemv, "int8_gemv", recorded(int8_gemv))
     assert small_m_gemv.install()
     return calls
 
@@ -201,15 +203,6 @@ def test_lm_head_keeps_float32_logits_on_sglangs_path(routed) -> None:
 # --- Quark INT8 W8A8 --------------------------------------------------------------------------------------
 
 
-def per_token_quant_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SGLang's rule (int8_kernel._per_token_quant_int8): scale amax / 127, codes rounded half away from zero."""
-    x = x.float()
-    amax = x.abs().amax(-1, keepdim=True).clamp(min=1e-10)
-    scaled = x * (127 / amax)
-    codes = (scaled.sign() * (scaled.abs() + 0.5).floor()).to(torch.int8)
-    return codes, amax / 127
-
-
 @pytest.fixture
 def int8_layer(monkeypatch: pytest.MonkeyPatch, stock) -> ReplicatedLinear:
     """A Quark INT8 out_proj (SGLang's RowParallel/Replicated layer, this repository's scheme) loaded and laid
@@ -235,14 +228,14 @@ def int8_layer(monkeypatch: pytest.MonkeyPatch, stock) -> ReplicatedLinear:
 
 
 def test_quark_int8_routes_up_to_max_m_tokens(routed, int8_layer) -> None:
+    """Every point (=all): the GEMV that quantizes its own rows, giving what SGLang's two steps give."""
     codes = int8_layer.weight.t()
     for tokens in (1, MAX_M):
         x = torch.randn(tokens, HIDDEN).bfloat16()
         out, _ = int8_layer(x)
-        assert routed.pop() == "int8_scaled_gemv" and not routed
+        assert routed.pop() == "int8_gemv" and not routed
         x_q, x_scale = per_token_quant_int8(x)
-        scaled = x_scale * (int8_layer.weight_scale.view(1, -1) * (x_q.long() @ codes.long().T).float())
-        assert ((out.float() - scaled).abs() <= BF16_ROUNDING * scaled.abs()).all()
+        assert torch.equal(out, int8_scaled_gemv(x_q, x_scale, codes, int8_layer.weight_scale, x.dtype, config=ONE_CONFIG))
     x = torch.randn(MAX_M + 1, HIDDEN).bfloat16()
     out, _ = int8_layer(x)
     x_q, x_scale = per_token_quant_int8(x)
@@ -254,7 +247,13 @@ def test_a_measured_gpu_routes_an_int8_linear_by_its_int8_points(routed, int8_la
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     measured(monkeypatch, frozenset({("int8", 64, HIDDEN, 2)}))
     int8_layer(torch.randn(2, HIDDEN).bfloat16())
-    assert routed.pop() == "int8_scaled_gemv" and not routed
+    assert routed.pop() == "int8_scaled_gemv" and not routed  # after SGLang's per_token_quant_int8
     monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: frozenset({("bf16", 64, HIDDEN, 2)}))
     int8_layer(torch.randn(2, HIDDEN).bfloat16())  # the BF16 kernel's win says nothing of the INT8 one
+    assert not routed
+    both = frozenset({("int8", 64, HIDDEN, 2), ("int8+quant", 64, HIDDEN, 2)})
+    monkeypatch.setattr(small_m_gemv, "_measured_wins", lambda device: both)
+    int8_layer(torch.randn(2, HIDDEN).bfloat16())
+    assert routed.pop() == "int8_gemv" and not routed  # one launch where that was measured faster too
+    int8_layer(torch.randn(1, HIDDEN).bfloat16())
     assert not routed

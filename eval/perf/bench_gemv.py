@@ -7,8 +7,9 @@ DeltaNet, router, shared-expert and lm_head Linears of `sglang_ext.fixtures`' re
 other pairs fused as SGLang loads them), at each M:
 
 * BF16: `sglang_ext.kernels.gemv.gemv` against `F.linear` (cuBLAS), what UnquantizedLinearMethod runs on Hopper;
-* INT8 W8A8, for the linears the INT8 card quantizes: `int8_scaled_gemv` against sgl_kernel's `int8_scaled_mm`,
-  both on the same per-token quantized activations (`per_token_quant_int8` runs before either, unchanged).
+* INT8 W8A8, for the linears the INT8 card quantizes, two ways: "int8", `int8_scaled_gemv` against sgl_kernel's
+  `int8_scaled_mm`, both on the same per-token quantized activations; "int8+quant", SGLang's whole INT8 linear
+  (`per_token_quant_int8` then `int8_scaled_mm`) against `int8_gemv`, which quantizes the BF16 rows itself.
 
 Each op is timed as decode runs it, in CUDA-graph replays, cycling through copies of the weight that together
 exceed four times the L2 cache, so that no call finds its weight there; at most 256 copies, so the smallest
@@ -47,7 +48,7 @@ from sglang_ext.fixtures.model_config import SHAPES, model_config
 from sglang_ext.fixtures.tensors import checkpoint_specs
 from sglang_ext.formats.encoders import encoder
 from sglang_ext.kernels import gemv_wins
-from sglang_ext.kernels.gemv import MAX_M, gemv, int8_scaled_gemv
+from sglang_ext.kernels.gemv import MAX_M, gemv, int8_gemv, int8_scaled_gemv
 
 REAL_SHAPES = ("qwen3.5-35b-a3b", "qwen3.5-397b-a17b-tp4")
 # SGLang loads these checkpoint Linears into one module each (Qwen3_5MoeForConditionalGeneration's
@@ -95,7 +96,7 @@ class Row:
     modules: str
     n: int
     k: int
-    dtype: str  # "bf16" or "int8"
+    dtype: str  # a gemv_wins.DTYPES entry: "bf16", "int8", or "int8+quant" (its activation quantization in the timings)
     m: int
     per_step: int
     baseline_us: float
@@ -138,19 +139,31 @@ def bench_bf16(n: int, k: int, m: int) -> tuple[float, float, int]:
     return baseline, ours, weight.nbytes
 
 
-def bench_int8(n: int, k: int, m: int) -> tuple[float, float, int]:
-    """(int8_scaled_mm µs, int8_scaled_gemv µs, weight and scale bytes) on the same quantized activations."""
+def bench_int8(n: int, k: int, m: int) -> dict[str, tuple[float, float, int]]:
+    """SGLang's W8A8 INT8 linear against ours, two ways, with the weight and scale bytes: "int8" on the same
+    quantized activations (int8_scaled_mm against int8_scaled_gemv), "int8+quant" from BF16 rows, each whole
+    (per_token_quant_int8 then int8_scaled_mm, against int8_gemv quantizing in its one launch)."""
     from sgl_kernel import int8_scaled_mm
     from sglang.kernels.ops.quantization.int8_kernel import per_token_quant_int8
 
     weight = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
     weights = [weight] + [weight.clone() for _ in range(copies_for(weight.nbytes) - 1)]
     w_scale = torch.rand(n, 1, device="cuda") / 100
-    x_q, x_scale = per_token_quant_int8(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
-    # int8_scaled_mm reads the weight column-major [K, N], as SGLang's W8A8 layers hold it
-    baseline = graph_us(lambda i: int8_scaled_mm(x_q, weights[i].t(), x_scale, w_scale, torch.bfloat16), len(weights))
-    ours = graph_us(lambda i: int8_scaled_gemv(x_q, x_scale, weights[i], w_scale, torch.bfloat16), len(weights))
-    return baseline, ours, weight.nbytes + w_scale.nbytes
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    x_q, x_scale = per_token_quant_int8(x)
+    nbytes = weight.nbytes + w_scale.nbytes
+
+    def sglang(i: int, x_q: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
+        # int8_scaled_mm reads the weight column-major [K, N], as SGLang's W8A8 layers hold it
+        return int8_scaled_mm(x_q, weights[i].t(), x_scale, w_scale, torch.bfloat16)
+
+    return {
+        "int8": (graph_us(lambda i: sglang(i, x_q, x_scale), len(weights)),
+                 graph_us(lambda i: int8_scaled_gemv(x_q, x_scale, weights[i], w_scale, torch.bfloat16), len(weights)),
+                 nbytes),
+        "int8+quant": (graph_us(lambda i: sglang(i, *per_token_quant_int8(x)), len(weights)),
+                       graph_us(lambda i: int8_gemv(x, weights[i], w_scale, torch.bfloat16), len(weights)), nbytes),
+    }  # fmt: skip
 
 
 def measure(shape: str, ms: list[int], copy_gbs: float, int8: bool, record: Callable[[Row], None] = lambda row: None) -> list[Row]:
@@ -162,28 +175,29 @@ def measure(shape: str, ms: list[int], copy_gbs: float, int8: bool, record: Call
         by_shape.setdefault((linear.n, linear.k), []).append(linear)
     cases = [("bf16", group) for group in by_shape.values()]
     cases += [("int8", [linear]) for linear in linears if linear.int8 and int8]
-    for dtype, group in cases:
+    for kind, group in cases:
         n, k = group[0].n, group[0].k
+        modules = ", ".join(name for linear in group for name in linear.modules)
         for m in ms:
-            baseline, ours, nbytes = (bench_int8 if dtype == "int8" else bench_bf16)(n, k, m)
-            gbs = nbytes / ours / 1e3
-            modules = ", ".join(name for linear in group for name in linear.modules)
-            rows.append(Row(shape, modules, n, k, dtype, m, sum(linear.per_step for linear in group), baseline, ours,
-                            baseline / ours, gbs, gbs / copy_gbs, nbytes / baseline / 1e3 / copy_gbs))  # fmt: skip
-            record(rows[-1])
-            print(f"{shape} {modules} [{n}, {k}] {dtype} M={m}: {baseline:.1f} -> {ours:.1f} µs", flush=True)
+            timed = bench_int8(n, k, m) if kind == "int8" else {"bf16": bench_bf16(n, k, m)}
+            for dtype, (baseline, ours, nbytes) in timed.items():
+                gbs = nbytes / ours / 1e3
+                rows.append(Row(shape, modules, n, k, dtype, m, sum(linear.per_step for linear in group), baseline,
+                                ours, baseline / ours, gbs, gbs / copy_gbs, nbytes / baseline / 1e3 / copy_gbs))  # fmt: skip
+                record(rows[-1])
+                print(f"{shape} {modules} [{n}, {k}] {dtype} M={m}: {baseline:.1f} -> {ours:.1f} µs", flush=True)
     return rows
 
 
 def step_totals(shape: str, rows: list[Row]) -> list[StepTotal]:
     """Per M: every dense linear of one decode step, BF16 for a BF16 checkpoint, INT8 where the INT8 one
-    quantizes it; only where every shape was measured."""
+    quantizes it (each whole, its activation quantization included); only where every shape was measured."""
     linears = dense_linears(shape)
     at = {(r.n, r.k, r.dtype, r.m): r for r in rows if r.shape == shape}
     totals = []
     for checkpoint in ("bf16", "int8"):
         for m in sorted({r.m for r in rows if r.shape == shape}):
-            picks = [(linear.per_step, at.get((linear.n, linear.k, "int8" if checkpoint == "int8" and linear.int8 else "bf16", m)))
+            picks = [(linear.per_step, at.get((linear.n, linear.k, "int8+quant" if checkpoint == "int8" and linear.int8 else "bf16", m)))
                      for linear in linears]  # fmt: skip
             if all(row for _, row in picks):
                 baseline = sum(count * row.baseline_us for count, row in picks) / 1e3
@@ -264,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.wins:
         entry = gemv_wins.record(device, rows, f"python -m eval.perf.bench_gemv, {time.strftime('%Y-%m-%d')}, "
                                  f"shapes {','.join(args.shapes)}, M {','.join(map(str, args.m))}", args.wins)  # fmt: skip
-        won = sum(len(ms) for dtype in ("bf16", "int8") for ms in entry[dtype].values())
+        won = sum(len(ms) for dtype in gemv_wins.DTYPES for ms in entry[dtype].values())
         print(f"{args.wins}: {device} routes {won} of {len({(r.dtype, r.n, r.k, r.m) for r in rows})} measured points to the GEMV")
     return 0
 

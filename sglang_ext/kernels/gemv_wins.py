@@ -1,7 +1,8 @@
 """Where the small-M GEMV beat SGLang's own path, per GPU model, as `python -m eval.perf.bench_gemv --wins`
 measured it: `gemv_wins.json` beside this file maps a GPU name (``torch.cuda.get_device_name``) to, per
-dtype (``bf16``, ``int8``), the weight shapes ``"NxK"`` and the token counts M at which the GEMV was faster
-by at least ``MARGIN``. With SGLANG_EXT_SMALL_M_GEMV=1, `sglang_ext.small_m_gemv` routes a linear to the
+kind (``DTYPES``), the weight shapes ``"NxK"`` and the token counts M at which the GEMV was faster by at least
+``MARGIN``: ``bf16``, ``int8`` (on activations SGLang quantized), ``int8+quant`` (SGLang's INT8 linear whole,
+its activation quantization included, against the GEMV that quantizes its own rows). With SGLANG_EXT_SMALL_M_GEMV=1, `sglang_ext.small_m_gemv` routes a linear to the
 GEMV only at those points, so a GPU the file does not list keeps SGLang's path (=all routes by M alone).
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 WINS_FILE = Path(__file__).with_name("gemv_wins.json")
 MARGIN = 1.03  # below this the two paths are within run-to-run noise of the benchmark; keep SGLang's
+DTYPES = ("bf16", "int8", "int8+quant")
 
 Point = tuple[str, int, int, int]  # (dtype, N, K, M)
 
@@ -24,7 +26,7 @@ def measured_wins(table: dict, gpu: str) -> frozenset[Point] | None:
     if entry is None:
         return None
     return frozenset((dtype, *map(int, shape.split("x")), m)
-                     for dtype in ("bf16", "int8") for shape, ms in entry.get(dtype, {}).items() for m in ms)  # fmt: skip
+                     for dtype in DTYPES for shape, ms in entry.get(dtype, {}).items() for m in ms)  # fmt: skip
 
 
 def load(gpu: str, path: Path = WINS_FILE) -> frozenset[Point] | None:
@@ -39,7 +41,7 @@ def record(gpu: str, rows: Iterable, source: str, path: Path = WINS_FILE) -> dic
     for row in rows:
         point = slowest.setdefault((row.dtype, f"{row.n}x{row.k}"), {})
         point[row.m] = min(point.get(row.m, math.inf), row.speedup)
-    entry: dict = {"measured": source, "bf16": {}, "int8": {}}
+    entry: dict = {"measured": source, **{dtype: {} for dtype in DTYPES}}
     for (dtype, shape), speedups in sorted(slowest.items()):
         entry[dtype][shape] = sorted(m for m, speedup in speedups.items() if speedup >= MARGIN)
     table[gpu] = entry
