@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from eval.perf import bench_decode, byte_bound
 from sglang_ext.fixtures import STAMP_FILE, write_fixture
+from sglang_ext.formats.safetensors_headers import read_checkpoint
 
 
 def test_options_come_from_the_tiny_recipe_with_sets_on_top() -> None:
@@ -202,3 +203,20 @@ def test_a_variant_is_compared_with_its_formats_own_options_from_the_same_run(tm
     assert by[("bf16 fse (compile)", 8)]["fse_vs_unfused"] is None  # no unfused compile case ran
     assert by[("bf16 fse", 1)]["vs_default"] is None
     assert ("bf16 fse (fi)", 1) not in by
+
+
+def test_a_cases_bound_counts_the_deltanet_state_in_the_dtype_its_server_keeps(tmp_path: Path) -> None:
+    """floor_ms: the weights; bound_ms adds the cache, the recurrent state in float32 unless the case's SGLang
+    options say --mamba-ssm-dtype (a --variant may)."""
+    checkpoint = write_fixture(tmp_path / "bf16", "bf16")
+    config = json.loads((checkpoint / "config.json").read_text())
+    case, measured = bench_decode.Case("bf16", True), {8: {"median_decode_latency": 0.004}}
+    [wide] = bench_decode.case_rows(case, measured, checkpoint, 4, 1.0, [])
+    [narrow] = bench_decode.case_rows(case, measured, checkpoint, 4, 1.0, ["--mamba-ssm-dtype", "bfloat16"])
+    step = byte_bound.step_bytes(read_checkpoint(checkpoint), config, 8, byte_bound.ONE_BATCH_CONTEXT, fse=True)
+    assert wide.floor_ms == narrow.floor_ms == pytest.approx(step.weights / 1e9 * 1e3)  # at 1 GB/s
+    assert wide.bound_ms == pytest.approx(step.total / 1e9 * 1e3)
+    text = config["text_config"]
+    recurrent = text["linear_num_value_heads"] * text["linear_value_head_dim"] * text["linear_key_head_dim"]
+    halved = 2 * recurrent * 2 * text["layer_types"].count("linear_attention") * 8  # read and written, 2 bytes less each
+    assert wide.bound_ms - narrow.bound_ms == pytest.approx(halved / 1e9 * 1e3)

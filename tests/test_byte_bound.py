@@ -93,3 +93,21 @@ def test_bad_arguments_are_named(tmp_path: Path, capsys, argv: list[str], says: 
         byte_bound.main([*argv, "--out", str(tmp_path)])
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_bfloat16_recurrent_state_halves_what_it_adds(tmp_path: Path) -> None:
+    """SGLang's --mamba-ssm-dtype bfloat16: the recurrent state (all but the small conv state) in half the bytes,
+    so the bound with the cache comes closer to the weights' own."""
+    def run(dtype: str) -> dict:
+        out = tmp_path / dtype
+        byte_bound.main(["--layers", "4", "--batch-sizes", "64", "--formats", "quark-w8a8-int8", "--mamba-ssm-dtype", dtype,
+                         "--out", str(out)])  # fmt: skip
+        report = json.loads((out / "byte_bound.json").read_text())
+        assert report["mamba_ssm_dtype"] == dtype
+        return report["bounds"][0]
+
+    wide, narrow = run("float32"), run("bfloat16")
+    recurrent = 2 * 32 * 128 * 128 * 64 * 3 / 1e9  # value heads x dims x batch x 3 DeltaNet layers, read and written
+    assert wide["cache_gb"] - narrow["cache_gb"] == pytest.approx(recurrent * 4 / 2)  # 4 bytes -> 2 bytes
+    assert narrow["weights_vs_bf16"] == wide["weights_vs_bf16"]
+    assert wide["with_cache_vs_bf16"] < narrow["with_cache_vs_bf16"] < narrow["weights_vs_bf16"]

@@ -69,6 +69,7 @@ TRITON_MOE_FORMATS = ("bf16", "quark-w8a8-int8")  # the formats whose MoE runs S
 MEM_FRACTION = "mem-fraction-static=0.8"  # one benchmark process owns the GPU
 HOPPER = "sm90"  # these benchmarks' target; the MoE runner at real shapes is its recipe's
 ONE_BATCH_PROMPT_IDS = 10_000  # sglang.benchmark.one_batch draws its synthetic prompt ids from [0, 10000)
+SSM_DTYPE = "--mamba-ssm-dtype"  # SGLang's dtype of the DeltaNet recurrent state (float32 unless set)
 
 
 @functools.cache
@@ -273,8 +274,11 @@ def run_case(checkpoint: Path, options: FormatOptions, case: Case, batches: list
     return measured
 
 
-def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: int, bandwidth_gbs: float) -> list[Row]:
+def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: int, bandwidth_gbs: float,
+              server_cli: list[str]) -> list[Row]:  # fmt: skip
     config = json.loads((checkpoint / "config.json").read_text())
+    if SSM_DTYPE in server_cli:  # the DeltaNet state as this case's server keeps it
+        config["text_config"]["mamba_ssm_dtype"] = server_cli[server_cli.index(SSM_DTYPE) + 1]
     entries = read_checkpoint(checkpoint)
     rows = []
     for batch, row in sorted(measured.items()):
@@ -435,7 +439,7 @@ def main() -> int:
 
     def measure(case: Case, checkpoint: Path) -> None:
         measured = run_case(checkpoint, options[case.options_key], case, batches, args.out)
-        rows = case_rows(case, measured, checkpoint, args.layers, bandwidth)
+        rows = case_rows(case, measured, checkpoint, args.layers, bandwidth, options[case.options_key].server_cli)
         save_case(saved / f"{case.slug}.json", case.options_key, rows, setups[case.options_key], bandwidth)
 
     failures = {**unmeasured, **run_cases(args.out, args.shape, args.layers, todo, measure)}

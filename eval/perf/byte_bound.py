@@ -1,13 +1,14 @@
 """The bytes a decode step must read: the bound a memory-bound step cannot beat at a given bandwidth.
 
     python -m eval.perf.byte_bound [--shape qwen3.5-35b-a3b] [--layers 40] [--batch-sizes 1,8,32,64]
-                                   [--context 272] [--formats bf16,quark-w8a8-int8,...] [--out DIR]
+                                   [--context 272] [--mamba-ssm-dtype float32] [--formats bf16,...] [--out DIR]
 
 prints, for each checkpoint format, what one decode step reads: the weights (from the format's on-disk layout,
 no checkpoint needed), and the per-sequence cache every format reads alike (the DeltaNet recurrent and conv
 state, read and written back; the attention layers' KV at `--context` tokens). Its speed-up bound over BF16
 with and without the cache says how much of the weight bytes' promise a format can keep at each batch size:
-at batch 64 the DeltaNet state is gigabytes per step whatever the experts are stored in. Writes
+at batch 64 the DeltaNet state is gigabytes per step whatever the experts are stored in. `--mamba-ssm-dtype`
+(SGLang's option of that name; float32 by default) shows what a narrower recurrent state would save. Writes
 byte_bound.json.
 """
 
@@ -144,10 +145,12 @@ class Bound:
     with_cache_vs_bf16: float  # the same with the cache every format reads alike
 
 
-def bounds(shape: str, layers: int, formats: list[str], batches: list[int], context: int) -> list[Bound]:
-    """Each format's step at each batch size against BF16's, shared expert unfused (fusing moves bytes between
-    groups, not their sum)."""
+def bounds(shape: str, layers: int, formats: list[str], batches: list[int], context: int,
+           ssm_dtype: str = "float32") -> list[Bound]:  # fmt: skip
+    """Each format's step at each batch size against BF16's (both with the recurrent state in `ssm_dtype`),
+    shared expert unfused (fusing moves bytes between groups, not their sum)."""
     config = model_config(shape, layers)
+    config["text_config"]["mamba_ssm_dtype"] = ssm_dtype
     entries = {fmt: planned_entries(fmt, config) for fmt in dict.fromkeys(["bf16", *formats])}
     rows = []
     for fmt in formats:
@@ -159,11 +162,12 @@ def bounds(shape: str, layers: int, formats: list[str], batches: list[int], cont
     return rows
 
 
-def print_table(rows: list[Bound], shape: str, layers: int, context: int) -> None:
+def print_table(rows: list[Bound], shape: str, layers: int, context: int, ssm_dtype: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"what a decode step reads, {shape} with {layers} layers, {context} tokens of context (GB)")
+    table = Table(title=f"what a decode step reads, {shape} with {layers} layers, {context} tokens of context, "
+                        f"{ssm_dtype} DeltaNet state (GB)")  # fmt: skip
     for column in ("format", "batch", "experts", "dense", "cache", "bound × BF16 (weights)", "bound × BF16 (+ cache)"):
         table.add_column(column, justify="right")
     for r in rows:
@@ -192,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=positive_ints, default=[1, 8, 32, 64])
     parser.add_argument("--context", type=int, default=ONE_BATCH_CONTEXT,
                         help=f"tokens of context per sequence (default {ONE_BATCH_CONTEXT}, as the decode benchmarks run)")
+    parser.add_argument("--mamba-ssm-dtype", default="float32", choices=list(TORCH_DTYPE_BYTES),
+                        help="the DeltaNet recurrent state's dtype, as SGLang's --mamba-ssm-dtype (default float32)")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "byte_bound")
     args = parser.parse_args(argv)
@@ -203,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.context < 1:
         parser.error(f"--context {args.context}: a decoding sequence has at least one token of context")
     layers = args.layers or SHAPES[args.shape].num_layers
-    rows = bounds(args.shape, layers, formats, args.batch_sizes, args.context)
+    rows = bounds(args.shape, layers, formats, args.batch_sizes, args.context, args.mamba_ssm_dtype)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"shape": args.shape, "layers": layers, "context": args.context, "bounds": [asdict(r) for r in rows]}
+    report = {"shape": args.shape, "layers": layers, "context": args.context, "mamba_ssm_dtype": args.mamba_ssm_dtype,
+              "bounds": [asdict(r) for r in rows]}  # fmt: skip
     (args.out / "byte_bound.json").write_text(json.dumps(report, indent=2) + "\n")
-    print_table(rows, args.shape, layers, args.context)
+    print_table(rows, args.shape, layers, args.context, args.mamba_ssm_dtype)
     print(f"wrote {args.out / 'byte_bound.json'}")
     return 0
 
