@@ -128,10 +128,11 @@ def test_each_group_is_rated_by_the_bytes_it_must_read() -> None:
     """MoE by the experts a batch touches (the shared expert among them where fused), GEMMs by the other
     weights, DeltaNet by its state, attention by the KV: bytes / kernel time, GB/s."""
     groups = {"moe": 20.0, "gemm": 40.0, "deltanet": 5.0, "attention": 4.0, "other": 9.0}
+    options = {"quark-w8a8-int8": bench_decode.recipe_options("quark-w8a8-int8", [])}
     fused, unfused = profile_decode.with_group_bandwidth(
         [profile_decode.StepProfile("int8 fse", "quark-w8a8-int8", True, 8, 5, 500, 1.0, 2.0, 80.0, dict(groups)),
          profile_decode.StepProfile("int8 no-fse", "quark-w8a8-int8", False, 8, 5, 500, 1.0, 2.0, 80.0, {"moe": 20.0})],
-        "tiny", 4)  # fmt: skip
+        "tiny", 4, options)  # fmt: skip
     config = model_config("tiny", 4, bench_decode.vocab_size("tiny"))
     step = byte_bound.step_bytes(byte_bound.planned_entries("quark-w8a8-int8", config), config, 8,
                                  profile_decode.PROFILE_CONTEXT, fse=True)  # fmt: skip
@@ -139,3 +140,9 @@ def test_each_group_is_rated_by_the_bytes_it_must_read() -> None:
                                              "deltanet": step.deltanet_state / 5e3, "attention": step.kv / 4e3})  # fmt: skip
     assert unfused.group_gbs["moe"] < fused.group_gbs["moe"]  # the shared expert's bytes are the GEMMs' there
     assert list(unfused.group_gbs) == ["moe"]
+    narrow = {"quark-w8a8-int8": bench_decode.recipe_options("quark-w8a8-int8", ["mamba-ssm-dtype=bfloat16"])}
+    [half] = profile_decode.with_group_bandwidth(
+        [profile_decode.StepProfile("int8 fse", "quark-w8a8-int8", True, 8, 5, 500, 1.0, 2.0, 80.0, dict(groups))],
+        "tiny", 4, narrow)  # fmt: skip
+    assert half.group_gbs["moe"] == fused.group_gbs["moe"]
+    assert half.group_gbs["deltanet"] < 0.6 * fused.group_gbs["deltanet"]  # a bfloat16 state, a little conv state

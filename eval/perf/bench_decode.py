@@ -274,11 +274,17 @@ def run_case(checkpoint: Path, options: FormatOptions, case: Case, batches: list
     return measured
 
 
+def as_served(config: dict, server_cli: list[str]) -> dict:
+    """`config` with the DeltaNet state's dtype as a server started with `server_cli` keeps it (a copy)."""
+    config = json.loads(json.dumps(config))
+    if SSM_DTYPE in server_cli:
+        config["text_config"]["mamba_ssm_dtype"] = server_cli[server_cli.index(SSM_DTYPE) + 1]
+    return config
+
+
 def case_rows(case: Case, measured: dict[int, dict], checkpoint: Path, layers: int, bandwidth_gbs: float,
               server_cli: list[str]) -> list[Row]:  # fmt: skip
-    config = json.loads((checkpoint / "config.json").read_text())
-    if SSM_DTYPE in server_cli:  # the DeltaNet state as this case's server keeps it
-        config["text_config"]["mamba_ssm_dtype"] = server_cli[server_cli.index(SSM_DTYPE) + 1]
+    config = as_served(json.loads((checkpoint / "config.json").read_text()), server_cli)
     entries = read_checkpoint(checkpoint)
     rows = []
     for batch, row in sorted(measured.items()):

@@ -157,12 +157,16 @@ def traced(traces: Path, case: bench_decode.Case, batches: list[int], setup: dic
 PROFILE_CONTEXT = 256 + 16 // 2
 
 
-def with_group_bandwidth(profiles: list[StepProfile], shape: str, layers: int) -> list[StepProfile]:
-    """Fill each profile's `group_gbs` from the bytes its format's checkpoint layout gives each group."""
+def with_group_bandwidth(profiles: list[StepProfile], shape: str, layers: int,
+                         options: dict[str, bench_decode.FormatOptions]) -> list[StepProfile]:  # fmt: skip
+    """Fill each profile's `group_gbs` from the bytes its format's checkpoint layout gives each group, the
+    DeltaNet state as the format's SGLang options keep it."""
     config = model_config(shape, layers, bench_decode.vocab_size(shape))
-    entries = {fmt: byte_bound.planned_entries(fmt, config) for fmt in dict.fromkeys(p.fmt for p in profiles)}
+    formats = dict.fromkeys(p.fmt for p in profiles)
+    served = {fmt: bench_decode.as_served(config, options[fmt].server_cli) for fmt in formats}
+    entries = {fmt: byte_bound.planned_entries(fmt, config) for fmt in formats}
     for p in profiles:
-        step = byte_bound.step_bytes(entries[p.fmt], config, p.batch, PROFILE_CONTEXT, fse=bool(p.fse))
+        step = byte_bound.step_bytes(entries[p.fmt], served[p.fmt], p.batch, PROFILE_CONTEXT, fse=bool(p.fse))
         needed = {"moe": step.experts, "gemm": step.dense, "deltanet": step.deltanet_state, "attention": step.kv}
         p.group_gbs = {g: needed[g] / (p.groups_us[g] * 1e3) for g in needed if p.groups_us.get(g)}
     return profiles
@@ -236,7 +240,7 @@ def main() -> int:
         except ValueError as error:  # a trace without GPU kernels
             failures[case.label] = str(error)
             print(f"{case.label}: FAILED\n{error}", flush=True)
-    profiles = with_graph_ratios(with_group_bandwidth(profiles, args.shape, args.layers))
+    profiles = with_graph_ratios(with_group_bandwidth(profiles, args.shape, args.layers, options))
     report = {"shape": args.shape, "layers": args.layers, "profiles": [asdict(p) for p in profiles], "failures": failures}
     (args.out / "profile_decode.json").write_text(json.dumps(report, indent=2) + "\n")
     if profiles:
