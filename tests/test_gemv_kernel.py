@@ -199,3 +199,24 @@ def test_lowers_for_hopper_as_designed(variant: str, cfg: triton.Config) -> None
     assert "mma.sync.aligned" in ptx
     assert ("atom.global.gpu.acq_rel.add" in ptx) == split
     assert ("ld.global.cg" in ptx) == split
+
+
+def test_int8_gemv_quantizes_with_per_token_quant_int8s_instructions() -> None:
+    """On sm90 the bits follow the instructions: the quantizing variant divides as SGLang's per_token_quant_int8
+    compiles (Triton's float32 division) and, without a bias, has no fused multiply-add, so the product it rounds
+    is the rounded float32 product, as in SGLang's kernel."""
+    pytest.importorskip("sglang.kernels.ops.quantization.int8_kernel")
+    divisions = re.compile(r"\bdiv\.[a-z.]*f32")
+    sglang = sm90_ptx("sglang.kernels.ops.quantization.int8_kernel:_per_token_quant_int8",
+                      {"x_ptr": "*bf16", "xq_ptr": "*i8", "scale_ptr": "*fp32", "x_sum_ptr": "constexpr", "stride_x": "i32",
+                       "stride_xq": "i32", "N": "i32", "CAL_SUM": "constexpr", "BLOCK": "constexpr", "IS_HIP": "constexpr"},
+                      {"x_sum_ptr": None, "CAL_SUM": False, "BLOCK": 2048, "IS_HIP": False}, num_warps=8, num_stages=1)  # fmt: skip
+    pointers = {"x_ptr": "*bf16", "w_ptr": "*i8", "out_ptr": "*bf16", "bias_ptr": "constexpr", "x_scale_ptr": "constexpr",
+                "w_scale_ptr": "*fp32", "partials_ptr": "constexpr", "tickets_ptr": "constexpr"}  # fmt: skip
+    meta = {"HAS_BIAS": False, "INT8": True, "QUANTIZE_X": True, "BLOCK_M": kernels.BLOCK_M, **WHOLE_K.kwargs}
+    signature = {**pointers, **dict.fromkeys(("M", "N", "K", "stride_xm", "M_BUCKET"), "i32"), **dict.fromkeys(meta, "constexpr")}
+    ours = sm90_ptx("sglang_ext.kernels.gemv:_gemv_kernel", signature,
+                    {**meta, **{arg: None for arg, kind in pointers.items() if kind == "constexpr"}},
+                    num_warps=WHOLE_K.num_warps, num_stages=WHOLE_K.num_stages)  # fmt: skip
+    assert set(divisions.findall(ours)) == set(divisions.findall(sglang)) != set()  # div.full.f32 in Triton 3.6
+    assert not re.search(r"\bfma\.", ours) and not re.search(r"\bfma\.", sglang)

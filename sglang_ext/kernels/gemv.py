@@ -101,12 +101,13 @@ def _row_absmax(x_ptr, rows, row_in, stride_xm, K, BLOCK_M: tl.constexpr, BLOCK_
 @triton.jit
 def _quantize(x, multiplier):
     """per_token_quant_int8's int8 rows: x * (127 / absmax) in float32, rounded half away from zero as
-    libdevice's roundf (which the interpreter lacks): the truncation toward zero, and one more unit where the
-    remainder, exact in float32, is half or more."""
+    libdevice's roundf (which the interpreter lacks): the truncation toward zero, one unit further out where the
+    magnitude's fraction, exact in float32, is half or more. The fraction is taken of the magnitude so that no
+    fused multiply-add can take the product unrounded."""
     scaled = x.to(tl.float32) * multiplier[:, None]
     whole = scaled.to(tl.int32)
-    remainder = scaled - whole.to(tl.float32)
-    whole += tl.where(remainder >= 0.5, 1, 0) - tl.where(remainder <= -0.5, 1, 0)
+    fraction = tl.abs(scaled) - tl.abs(whole).to(tl.float32)
+    whole += tl.where(fraction >= 0.5, tl.where(scaled < 0, -1, 1), 0)
     return whole.to(tl.int8)
 
 
