@@ -146,3 +146,12 @@ def test_each_group_is_rated_by_the_bytes_it_must_read() -> None:
         "tiny", 4, narrow)  # fmt: skip
     assert half.group_gbs["moe"] == fused.group_gbs["moe"]
     assert half.group_gbs["deltanet"] < 0.6 * fused.group_gbs["deltanet"]  # a bfloat16 state, a little conv state
+
+
+@pytest.mark.parametrize("module", [profile_decode, bench_decode])
+def test_a_bad_batch_size_is_a_usage_error(module, monkeypatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setattr("sys.argv", ["prog", "--batch-sizes", "1,x", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2
+    assert "--batch-sizes: expected positive whole numbers separated by commas, e.g. 4,16; got '1,x'" in capsys.readouterr().err

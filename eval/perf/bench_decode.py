@@ -419,7 +419,7 @@ def variant_options(parser: argparse.ArgumentParser, args: argparse.Namespace, o
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.perf.bench_decode", description=__doc__.split("\n\n")[0])
     add_checkpoint_arguments(parser)
-    parser.add_argument("--batch-sizes", default="1,8,32,64,128")
+    parser.add_argument("--batch-sizes", type=byte_bound.positive_ints, default=[1, 8, 32, 64, 128])
     parser.add_argument("--stock-moe-configs", action="store_true",
                         help="also run BF16 and INT8 (FSE on) with SGLang's stock fused-MoE configs")
     parser.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME=FORMAT:KEY=VALUE",
@@ -428,7 +428,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     args = parser.parse_args()
     formats = args.formats.split(",")
-    batches = [int(b) for b in args.batch_sizes.split(",")]
+    batches = args.batch_sizes
     options = format_options(parser, args)
     options.update(variant_options(parser, args, options))
     variants = [tuple(key.split(":", 1)) for key in options if ":" in key]

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from eval.perf import byte_bound
 from eval.perf.bench_decode import hbm_bandwidth_gbs
 from sglang_ext.fixtures.model_config import SHAPES, model_config
 from sglang_ext.fixtures.tensors import checkpoint_specs
@@ -229,11 +230,8 @@ def print_tables(rows: list[Row], totals: list[StepTotal], copy_gbs: float, devi
 
 
 def token_counts(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or not all(1 <= v <= MAX_M for v in values):
+    values = byte_bound.positive_ints(text)
+    if max(values) > MAX_M:
         raise argparse.ArgumentTypeError(f"expected token counts from 1 to {MAX_M}, e.g. 1,2,4,8; got {text!r}")
     return values
 

@@ -212,7 +212,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.perf.profile_decode", description=__doc__.split("\n\n")[0])
     bench_decode.add_checkpoint_arguments(parser, formats="bf16,quark-w8a8-int8")
     parser.add_argument("--fse", default="on,off", help="on, off or on,off, for the formats that can fuse it")
-    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--batch-sizes", type=byte_bound.positive_ints, default=[1, 64])
     parser.add_argument("--steps", type=int, default=5, help="decode steps profiled per batch size")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs")) / "bench_decode")
     args = parser.parse_args()
@@ -220,7 +220,7 @@ def main() -> int:
     if bad := [f for f in args.fse.split(",") if f not in fse]:
         parser.error(f"--fse {bad[0]}: expected on, off or on,off")
     wanted = {fse[f] for f in args.fse.split(",")}
-    formats, batches = args.formats.split(","), [int(b) for b in args.batch_sizes.split(",")]
+    formats, batches = args.formats.split(","), args.batch_sizes
     options = bench_decode.format_options(parser, args)
 
     todo = [c for c in bench_decode.cases(formats, False) if c.fse is None or c.fse in wanted]
