@@ -35,7 +35,7 @@ from sglang_ext.formats.safetensors_headers import INDEX_FILE
 from sglang_ext.quantize import SCALE_RULES, quantize
 from sglang_ext.quantize.__main__ import main as cli_main
 from sglang_ext.quantize.manifest import PROGRESS_FILE, RECORD_FILE
-from sglang_ext.quantize.shards import file_sha256
+from sglang_ext.formats.shards import file_sha256
 from sglang_ext.shared_expert_fusion import decide_shared_expert_fusion
 from quantized_checkpoints import INPUT_AMAX, LAYOUTS, OPTIONS, SHARD, load_dir, quantized, sources  # noqa: F401  (fixtures)
 
@@ -318,7 +318,7 @@ def test_a_finished_run_rerun_rewrites_nothing(sources, quantized, tmp_path: Pat
 
 def test_a_full_disk_is_one_line_and_leaves_no_partial_shard(sources, tmp_path: Path, capsys, monkeypatch) -> None:
     import sglang_ext.quantize as q
-    from sglang_ext.quantize import shards
+    from sglang_ext.formats import shards
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(q.shutil, "disk_usage", lambda path: usage._replace(free=1000))

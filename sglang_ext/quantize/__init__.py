@@ -29,7 +29,7 @@ from sglang_ext.formats.check import CONFIG_FILE, side_files
 from sglang_ext.formats.safetensors_headers import INDEX_FILE
 from sglang_ext.quantize.manifest import PROGRESS_FILE, RECORD_FILE, Job, Progress, Record, ShardRecord
 from sglang_ext.quantize.manifest import make_job, read_progress, write_atomic
-from sglang_ext.quantize.shards import ShardPlan, Unit, file_sha256, plan_shards, write_shard
+from sglang_ext.formats.shards import ShardPlan, Unit, file_sha256, plan_shards, write_shard
 from sglang_ext.quantize.source import QuantizeError, Source
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # save_pretrained's default "5GB"

@@ -20,7 +20,7 @@ from sglang_ext.formats.check import check_checkpoint, checkpoint_scheme
 from sglang_ext.formats.config_fields import ConfigError
 from sglang_ext.formats.safetensors_headers import HeaderError, StoredEntry, read_checkpoint
 from sglang_ext.formats.schemes import UnsupportedQuantization
-from sglang_ext.quantize.shards import ELEMENT_BYTES, TORCH_DTYPES
+from sglang_ext.formats.shards import ELEMENT_BYTES, TORCH_DTYPES
 
 ARCHITECTURES = ("Qwen3_5MoeForConditionalGeneration",)
 
