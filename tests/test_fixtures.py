@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
+from safetensors.torch import load_file
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen3_5MoeForConditionalGeneration
 
@@ -14,6 +15,7 @@ from sglang_ext.fixtures import FORMATS, STAMP_FILE, ensure_fixture, write_fixtu
 from sglang_ext.fixtures.__main__ import main as cli_main
 from sglang_ext.fixtures.model_config import TOKENIZER_DIR
 from sglang_ext.fixtures.train_tokenizer import write_tokenizer
+from sglang_ext.formats import shards
 
 # The first question of GSM8K's train split (MIT licence).
 GSM8K_QUESTION = (
@@ -120,6 +122,25 @@ def test_tensor_layout_is_the_published_one(bf16_dir: Path) -> None:
         "BF16"
     }
     assert (bf16_dir / "model.safetensors.index.json").exists() is False
+
+
+def test_a_model_over_one_shard_is_written_in_shards_with_their_index(bf16_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real-shaped model is drawn on the GPU and copied to host memory one shard at a time.
+    whole = load_file(str(bf16_dir / "model.safetensors"))
+    limit = (bf16_dir / "model.safetensors").stat().st_size // 3
+    monkeypatch.setattr(shards, "DEFAULT_MAX_SHARD_BYTES", limit)
+    sharded = write_fixture(tmp_path / "sharded", "bf16", seed=0)
+
+    files = sorted(path.name for path in sharded.glob("*.safetensors"))
+    assert len(files) >= 3 and files == [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
+    index = read_json(sharded / "model.safetensors.index.json")
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in whole.values())
+    assert index["weight_map"].keys() == whole.keys()
+    for name in files:
+        part = load_file(str(sharded / name))
+        assert {index["weight_map"][tensor] for tensor in part} == {name}
+        assert len(part) == 1 or sum(t.numel() * t.element_size() for t in part.values()) <= limit
+        assert all(torch.equal(tensor, whole[tensor_name]) for tensor_name, tensor in part.items())
 
 
 def test_transformers_loads_the_checkpoint_and_gives_spread_logits(bf16_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""The output shards: which tensors each holds, planned from shapes alone, and a writer that streams them.
+"""Safetensors shards: which tensors each holds, planned from shapes alone, a writer that streams them, and the
+index that names them.
 
 Every output tensor's dtype and shape is known before anything is quantized (`encoders.Plan`), so a shard's
 safetensors header is written first and the tensors follow one unit at a time: a shard is never held in
@@ -6,6 +7,8 @@ memory, whatever its size. The file is the standard layout (8-byte little-endian
 padded with spaces to 8 bytes, tensors back to back), which `safe_open` and SGLang read like any other; the
 sha256 is computed over the bytes as they are written.
 """
+
+from __future__ import annotations
 
 import hashlib
 import json
@@ -15,16 +18,22 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from sglang_ext.formats.layout import ExpectedTensor
+from sglang_ext.formats.safetensors_headers import INDEX_FILE
+
+if TYPE_CHECKING:  # layout imports the fixture writers, which write through this module
+    from sglang_ext.formats.layout import ExpectedTensor
 
 ELEMENT_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "U8": 1, "I8": 1, "F8_E4M3": 1}
 TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "U8": torch.uint8,
                 "I8": torch.int8, "F8_E4M3": torch.float8_e4m3fn}  # fmt: skip
+SAFETENSORS_DTYPES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # save_pretrained's default "5GB"
 
-Unit = list[ExpectedTensor]
+Unit = list["ExpectedTensor"]
 
 
 def tensor_bytes(entry: ExpectedTensor) -> int:
@@ -59,6 +68,13 @@ def plan_shards(units: list[Unit], max_shard_bytes: int) -> list[ShardPlan]:
         size += unit_size
     count = len(groups)
     return [ShardPlan(f"model-{i + 1:05d}-of-{count:05d}.safetensors", group) for i, group in enumerate(groups)]
+
+
+def write_index(out: Path, shards: list[ShardPlan]) -> None:
+    """model.safetensors.index.json, as save_pretrained writes it beside its shards."""
+    weight_map = {entry.name: shard.name for shard in shards for entry in shard.tensors}
+    content = {"metadata": {"total_size": sum(shard.nbytes for shard in shards)}, "weight_map": weight_map}
+    (out / INDEX_FILE).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def header(tensors: list[ExpectedTensor]) -> bytes:

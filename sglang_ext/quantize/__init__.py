@@ -26,13 +26,11 @@ from sglang_ext.fixtures import STAMP_FILE
 from sglang_ext.fixtures.model_config import write_json
 from sglang_ext.formats import encoders
 from sglang_ext.formats.check import CONFIG_FILE, side_files
-from sglang_ext.formats.safetensors_headers import INDEX_FILE
+from sglang_ext.formats.shards import DEFAULT_MAX_SHARD_BYTES, ShardPlan, Unit, file_sha256, plan_shards, write_index, write_shard
 from sglang_ext.quantize.manifest import PROGRESS_FILE, RECORD_FILE, Job, Progress, Record, ShardRecord
 from sglang_ext.quantize.manifest import make_job, read_progress, write_atomic
-from sglang_ext.formats.shards import ShardPlan, Unit, file_sha256, plan_shards, write_shard
 from sglang_ext.quantize.source import QuantizeError, Source
 
-DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # save_pretrained's default "5GB"
 SCALE_RULES = {"max": ScaleRule.MINMAX, "mse": ScaleRule.MSE3}
 
 __all__ = ["QuantizeError", "Record", "quantize"]
@@ -85,12 +83,6 @@ def _check_free_space(out: Path, needed: int) -> None:
     if needed > free:
         raise QuantizeError(f"{out}: {free / 1e9:.1f} GB free, the output needs {needed / 1e9:.1f} GB more",
                             "free space, or give an OUT on another disk")  # fmt: skip
-
-
-def _write_index(out: Path, shards: list[ShardPlan]) -> None:
-    weight_map = {entry.name: shard.name for shard in shards for entry in shard.tensors}
-    total = sum(shard.nbytes for shard in shards)
-    write_json(out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
 def quantize(
@@ -158,7 +150,7 @@ def _write(src: Path, out: Path, source: Source, encoder: encoders.Encoder, plan
         bar.close()
         source.close()
 
-    _write_index(out, shards)
+    write_index(out, shards)
     write_json(out / CONFIG_FILE, {**source.config, "quantization_config": plan.quantization_config})
     for name, content in plan.extra_files.items():
         write_json(out / name, content)
