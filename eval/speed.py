@@ -135,7 +135,9 @@ def bench_command(target: Target, shape: Shape, concurrency: int, output_file: P
         command += ["--tokenizer", tokenizer]
     if args.dataset_path:
         command += ["--dataset-path", str(args.dataset_path)]
-    return command
+    # bench_serving warms up with the first prompt it then measures: unflushed, that request is a prefix-cache
+    # hit and one TTFT of a concurrency-1 point times a dozen tokens of prefill (SGLang's own CI flushes too).
+    return [*command, "--flush-cache"]
 
 
 def read_point(path: Path, server_label: str, shape: str, concurrency: int) -> Point:

@@ -63,6 +63,7 @@ def test_command_follows_card_003(tmp_path: Path):
     assert opts["--model"] == "/models/tok" and opts["--served-model-name"] == "tiny-qwen3.5-moe"
     assert opts["--base-url"] == "http://127.0.0.1:30000"
     assert "--disable-ignore-eos" not in command  # EOS ignored: every request decodes its full length
+    assert command[-1] == "--flush-cache"  # the warmup's prompt is the first measured one: no prefix-cache hit
     assert [(s.input_len, s.output_len) for s in speed.SHAPES] == [(4000, 200), (512, 128)]
 
 
@@ -86,7 +87,8 @@ def test_sweep_against_a_baseline_writes_table_json_and_plots(tmp_path: Path, ca
         ])  # fmt: skip
         assert speed.main(args, resolve(None, args.base_url, args.model), runner=fake_bench) == 0
     assert len(commands) == 2 * 2 * 2  # shapes x concurrencies x servers, interleaved per point
-    assert "quantized" in commands[0][-3] and "baseline" in commands[1][-3]
+    output_files = [command[command.index("--output-file") + 1] for command in commands]
+    assert "quantized" in output_files[0] and "baseline" in output_files[1]
     doc = json.loads((tmp_path / "speed.json").read_text())
     ratios = {(r["shape"], r["concurrency"]): r for r in doc["ratios"]}
     assert ratios[("in4000-out200", 1)]["output_throughput"] == pytest.approx(1.5)
