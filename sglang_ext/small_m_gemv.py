@@ -7,8 +7,9 @@ tokens, to :mod:`sglang_ext.kernels.gemv` the weight shapes and token counts at 
 measured it faster on this GPU model (:mod:`sglang_ext.kernels.gemv_wins`; on a model it does not list, none,
 with a warning), or with ``SGLANG_EXT_SMALL_M_GEMV=all`` every one (to try it where nothing was measured):
 
-* ``UnquantizedLinearMethod.apply``: every BF16 Linear (attention and DeltaNet projections, router, shared
-  expert and its gate, and whatever a quantized checkpoint keeps in BF16);
+* ``UnquantizedLinearMethod.apply``: every BF16 Linear (attention and DeltaNet projections, router, unfused
+  shared expert, and whatever a quantized checkpoint keeps in BF16; not the shared expert's gate, a plain
+  ``torch.nn.Linear`` on CUDA: ``SGLANG_EXT_FUSED_SHARED_GATE`` covers it when the expert is fused);
 * ``LogitsProcessor._compute_lm_head``'s plain matmul: the BF16 lm_head;
 * ``QuarkW8A8Int8.apply_weights``: this repository's Quark INT8 linears, both steps in one launch
   (:func:`~sglang_ext.kernels.gemv.int8_gemv` quantizes the rows as ``per_token_quant_int8`` does) where that

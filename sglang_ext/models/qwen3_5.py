@@ -14,6 +14,7 @@ override (`qwen3_5_mtp.py`) only decides its quantization.
 """
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,19 +26,44 @@ from sglang.srt.models.qwen2_moe import Qwen2MoeSparseMoeBlock, can_fuse_shared_
 from sglang.srt.runtime_context import get_exec
 
 from sglang_ext import require_supported_sglang
+from sglang_ext.kernels.shared_gate import gate_and_append_shared
 from sglang_ext.quantization.mxfp4_ct_names import ct_mxfp4_expert_name, serves_experts_with_mxfp4_moe_method
 from sglang_ext.shared_expert_fusion import FusionDecision, decide_shared_expert_fusion, shared_expert_slot
 
 logger = logging.getLogger(__name__)
 SGLANG = require_supported_sglang()
+FUSED_SHARED_GATE = "SGLANG_EXT_FUSED_SHARED_GATE"
 
 
 class CudaFusableSparseMoeBlock(Qwen2MoeSparseMoeBlock):
     """The stock block as Qwen3-Next builds it: shared-expert fusion allowed on CUDA as well as aiter. The
-    layer's own `support_shared_expert_fusion` (off under --disable-shared-experts-fusion) still gates it."""
+    layer's own `support_shared_expert_fusion` (off under --disable-shared-experts-fusion) still gates it.
+
+    With `SGLANG_EXT_FUSED_SHARED_GATE=1`, the shared slot's gate, sigmoid and append run as one kernel
+    (`sglang_ext.kernels.shared_gate`) where the block holds SGLang's CUDA gate (a plain one-row Linear) and its
+    expert parallelism leaves the weight unscaled; elsewhere SGLang's own path runs."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, enable_cuda_shared_expert_fusion=True, **kwargs)
+
+    def _append_shared_to_topk_output(self, topk_output: Any, hidden_states: torch.Tensor) -> Any:
+        if not self._gate_in_one_launch(topk_output, hidden_states):
+            return super()._append_shared_to_topk_output(topk_output, hidden_states)
+        ids, weights = gate_and_append_shared(hidden_states, self.shared_expert_gate.weight, topk_output.topk_ids,
+                                              topk_output.topk_weights, shared_id=self.num_experts)  # fmt: skip
+        return topk_output._replace(topk_ids=ids, topk_weights=weights)
+
+    def _gate_in_one_launch(self, topk_output: Any, hidden_states: torch.Tensor) -> bool:
+        if os.environ.get(FUSED_SHARED_GATE, "0") != "1" or not self.enable_shared_expert_fusion:
+            return False
+        # Imported here: SGLang releases other than 0.5.17 never take this path unless asked to.
+        from sglang.srt.layers.moe.topk import StandardTopKOutput
+        from sglang.srt.runtime_context import get_parallel
+
+        gate = self.shared_expert_gate
+        return (type(topk_output) is StandardTopKOutput and self.num_fused_shared_experts == 1
+                and type(gate) is torch.nn.Linear and gate.bias is None and hidden_states.dim() == 2
+                and hidden_states.stride(1) == 1 and get_parallel().moe_ep_size == 1)  # fmt: skip
 
 
 @contextmanager
