@@ -93,3 +93,12 @@ def test_sglangs_own_path_where_expert_parallelism_scales_the_weight(block, laun
         sglangs = Qwen2MoeSparseMoeBlock._append_shared_to_topk_output(block, topk, x)
         ours = block._append_shared_to_topk_output(topk, x)
     assert torch.equal(ours.topk_weights, sglangs.topk_weights) and launches == []
+
+
+def test_sglangs_own_path_where_torch_compile_traces(block, launches: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(override.FUSED_SHARED_GATE, "1")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x, topk = routed(block)
+    sglangs = Qwen2MoeSparseMoeBlock._append_shared_to_topk_output(block, topk, x)
+    assert torch.equal(block._append_shared_to_topk_output(topk, x).topk_weights, sglangs.topk_weights)
+    assert launches == []

@@ -40,8 +40,9 @@ class CudaFusableSparseMoeBlock(Qwen2MoeSparseMoeBlock):
     layer's own `support_shared_expert_fusion` (off under --disable-shared-experts-fusion) still gates it.
 
     With `SGLANG_EXT_FUSED_SHARED_GATE=1`, the shared slot's gate, sigmoid and append run as one kernel
-    (`sglang_ext.kernels.shared_gate`) where the block holds SGLang's CUDA gate (a plain one-row Linear) and its
-    expert parallelism leaves the weight unscaled; elsewhere SGLang's own path runs."""
+    (`sglang_ext.kernels.shared_gate`) where the block holds SGLang's CUDA gate (a plain one-row Linear), its
+    expert parallelism leaves the weight unscaled and torch.compile is not tracing; elsewhere SGLang's own path
+    runs."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, enable_cuda_shared_expert_fusion=True, **kwargs)
@@ -55,6 +56,8 @@ class CudaFusableSparseMoeBlock(Qwen2MoeSparseMoeBlock):
 
     def _gate_in_one_launch(self, topk_output: Any, hidden_states: torch.Tensor) -> bool:
         if os.environ.get(FUSED_SHARED_GATE, "0") != "1" or not self.enable_shared_expert_fusion:
+            return False
+        if torch.compiler.is_compiling():  # as small_m_gemv: code torch.compile traces keeps SGLang's path
             return False
         # Imported here: SGLang releases other than 0.5.17 never take this path unless asked to.
         from sglang.srt.layers.moe.topk import StandardTopKOutput
