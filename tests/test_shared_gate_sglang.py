@@ -3,7 +3,7 @@ the Qwen3.5 override's fused block appends the shared slot with its one kernel w
 ids SGLang's own path gives and a weight closer to the exact sigmoid than SGLang's (which rounds the logit and
 the sigmoid to BF16); anywhere else, and with the variable unset, SGLang's own path runs unchanged."""
 
-import functools
+import logging
 from pathlib import Path
 
 import pytest
@@ -35,13 +35,12 @@ def block(cpu_model, fixtures_root: Path) -> override.CudaFusableSparseMoeBlock:
 def launches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Token counts the fused kernel was called with."""
     calls: list[int] = []
+    kernel = override.gate_and_append_shared
 
-    @functools.wraps(override.gate_and_append_shared)
     def recorded(x, *args, **kwargs):
         calls.append(x.shape[0])
-        return override.gate_and_append_shared.__wrapped__(x, *args, **kwargs)
+        return kernel(x, *args, **kwargs)
 
-    recorded.__wrapped__ = override.gate_and_append_shared
     monkeypatch.setattr(override, "gate_and_append_shared", recorded)
     return calls
 
@@ -74,15 +73,18 @@ def test_one_launch_gives_sglangs_experts_and_a_weight_nearer_the_exact_sigmoid(
 
 @pytest.mark.parametrize("value", [None, "0", "all"])
 def test_sglangs_own_path_unless_the_variable_is_1(block, launches: list[int], monkeypatch: pytest.MonkeyPatch,
-                                                    value: str | None) -> None:  # fmt: skip
+                                                    caplog: pytest.LogCaptureFixture, value: str | None) -> None:  # fmt: skip
     if value is None:
         monkeypatch.delenv(override.FUSED_SHARED_GATE, raising=False)
     else:
         monkeypatch.setenv(override.FUSED_SHARED_GATE, value)
     x, topk = routed(block)
     sglangs = Qwen2MoeSparseMoeBlock._append_shared_to_topk_output(block, topk, x)
-    assert torch.equal(block._append_shared_to_topk_output(topk, x).topk_weights, sglangs.topk_weights)
+    with caplog.at_level(logging.WARNING, logger=override.__name__):
+        assert torch.equal(block._append_shared_to_topk_output(topk, x).topk_weights, sglangs.topk_weights)
     assert launches == []
+    named = "SGLANG_EXT_FUSED_SHARED_GATE=all: expected 1 (the shared gate in one launch) or 0; off" in caplog.text
+    assert named is (value == "all")
 
 
 def test_sglangs_own_path_where_expert_parallelism_scales_the_weight(block, launches: list[int],

@@ -13,6 +13,7 @@ layers, outside this class, so it keeps its shared expert separate, which its ow
 override (`qwen3_5_mtp.py`) only decides its quantization.
 """
 
+import functools
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -55,7 +56,7 @@ class CudaFusableSparseMoeBlock(Qwen2MoeSparseMoeBlock):
         return topk_output._replace(topk_ids=ids, topk_weights=weights)
 
     def _gate_in_one_launch(self, topk_output: Any, hidden_states: torch.Tensor) -> bool:
-        if os.environ.get(FUSED_SHARED_GATE, "0") != "1" or not self.enable_shared_expert_fusion:
+        if not fused_shared_gate() or not self.enable_shared_expert_fusion:
             return False
         if torch.compiler.is_compiling():  # as small_m_gemv: code torch.compile traces keeps SGLang's path
             return False
@@ -67,6 +68,20 @@ class CudaFusableSparseMoeBlock(Qwen2MoeSparseMoeBlock):
         return (type(topk_output) is StandardTopKOutput and self.num_fused_shared_experts == 1
                 and type(gate) is torch.nn.Linear and gate.bias is None and hidden_states.dim() == 2
                 and hidden_states.stride(1) == 1 and get_parallel().moe_ep_size == 1)  # fmt: skip
+
+
+def fused_shared_gate() -> bool:
+    """Whether SGLANG_EXT_FUSED_SHARED_GATE asks for the one-launch shared gate (1); a value it does not know is
+    off, and named once."""
+    value = os.environ.get(FUSED_SHARED_GATE, "0")
+    if value not in ("0", "1"):
+        _unknown_value(value)
+    return value == "1"
+
+
+@functools.cache
+def _unknown_value(value: str) -> None:
+    logger.warning("%s=%s: expected 1 (the shared gate in one launch) or 0; off", FUSED_SHARED_GATE, value)
 
 
 @contextmanager
